@@ -1,0 +1,135 @@
+"""The bundle folder: built in a staging folder beside the target, published by an
+atomic rename, guarded by a lock so two builds of one lab cannot overlap."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import BuildError, LabBusyError, UserError
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+_RENAME_EXCHANGE = 2
+
+
+@contextlib.contextmanager
+def lab_lock(output: Path, lab: str) -> Iterator[None]:
+    """Hold ``output/.<lab>.lock`` for the whole build; refuse if another holds it."""
+    lock_path = output / f".{lab}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the lock file {lock_path}: {err.strerror}",
+            hint="is the output folder writable?",
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise LabBusyError(
+                f'lab "{lab}" is being built by another vmbuild (pid {holder}) in {output}',
+                hint="wait for it to finish; builds of one lab never overlap",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale(output: Path, lab: str) -> None:
+    """Staging folders left by a killed build. Only called while holding the lock."""
+    for leftover in output.glob(f".{lab}.staging-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(output: Path, lab: str) -> Iterator[Path]:
+    """A fresh folder beside the final one; removed unless it was published."""
+    path = output / f".{lab}.staging-{uuid.uuid4().hex[:12]}"
+    try:
+        path.mkdir(mode=0o755)
+    except OSError as err:
+        raise UserError(f"cannot write to the output folder {output}: {err.strerror}") from None
+    try:
+        yield path
+    finally:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2). False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd = -100
+    result = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def check_target(final: Path) -> None:
+    """Refuse early to replace anything that is not a previous bundle."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise UserError(f"{final} exists and is not a bundle folder; move it away")
+    if final.is_dir() and not (final / MANIFEST).exists() and any(final.iterdir()):
+        raise UserError(
+            f"{final} exists and is not a vmbuild bundle; refusing to replace it",
+            hint="choose another --output or remove that folder",
+        )
+
+
+def publish(stage: Path, final: Path) -> None:
+    """Put ``stage`` at ``final``. An existing bundle is swapped out in one step
+    and then removed, so readers see the old bundle or the new one, never neither."""
+    try:
+        check_target(final)
+        if not final.exists():
+            os.rename(stage, final)
+            return
+        if _renameat2_exchange(stage, final):
+            shutil.rmtree(stage)  # now holds the previous bundle
+            return
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
+        os.rename(final, old)
+        os.rename(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        raise BuildError(f"cannot publish the bundle at {final}: {err.strerror}") from None
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sums_text(root: Path, digests: dict[str, str]) -> str:
+    """SHA256SUMS in the format sha256sum -c reads, sorted by path."""
+    return "".join(f"{digests[name]}  {name}\n" for name in sorted(digests))
+
+
+def tree_files(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())

@@ -1,0 +1,257 @@
+"""The vmbuild command. Results go to stdout, progress and errors to stderr.
+
+Exit codes: 0 success, 2 bad input (profile, options), 3 build failure,
+4 another build of the lab is running, 130 interrupted, 1 a bug (with traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from . import __version__, log
+from .errors import VmbuildError
+from .plan import Plan, make_plan
+from .profile import Profile, format_size, load_profile
+
+app = typer.Typer(
+    name="vmbuild",
+    help=(
+        "Build a whole libvirt VM lab ahead of time from one TOML profile: per-VM disks "
+        "(qcow2 overlays on a golden image), cloud-init NoCloud seed ISOs and domain XML "
+        "that `virsh define` accepts, published as one bundle in OUTPUT/<lab>/.\n\n"
+        "`vmbuild PROFILE` is short for `vmbuild build PROFILE`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ProfileArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="PROFILE",
+        help="The lab profile (TOML). Paths inside it are relative to its folder.",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help=(
+            "Override a profile key by its dotted path, e.g. --set lab.domain_type=qemu "
+            "or --set vm.slave1.memory=4G ([[vm]] entries by name or position). "
+            "VALUE is read as TOML when it parses, else as a string. Repeatable."
+        ),
+        show_default=False,
+    ),
+]
+BaseOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--base",
+        metavar="PATH",
+        help="Use this golden image instead of the profile's (its sha256 pin is dropped).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+VerboseOpt = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, help="Show every operation (repeatable).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Show errors only.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vmbuild {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Build a whole libvirt VM lab ahead of time from one TOML profile."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Interrupted(BaseException):
+    """Raised from a SIGTERM handler so cleanup runs as for Ctrl-C."""
+
+
+def reporting(command: F) -> F:
+    """Turn vmbuild's errors into messages and exit codes; the one place that does."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VmbuildError as err:
+            for line in err.lines():
+                print(f"vmbuild: error: {line}", file=sys.stderr)
+            raise typer.Exit(int(err.exit_code)) from None
+        except (KeyboardInterrupt, Interrupted):
+            print("vmbuild: interrupted; nothing was published", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(profile: Path, overrides: list[str] | None, base: Path | None) -> Profile:
+    return load_profile(profile, overrides or (), base)
+
+
+@app.command()
+@reporting
+def build(
+    profile: ProfileArg,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="DIR", help="Where bundles go: DIR/<lab>/."),
+    ] = Path("output"),
+    base: BaseOpt = None,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build the lab: disks, seed ISOs, domain XML, manifest, define.sh.
+
+    The bundle is built beside OUTPUT/<lab> and swapped in only when complete, so a
+    failed or interrupted build leaves the previous bundle untouched. Prints the
+    bundle's path (or, with --json, its manifest) on stdout.
+    """
+    from .build import build as run_build
+
+    log.set_verbosity(0 if quiet else 1 + verbose)
+    loaded = _load(profile, overrides, base)
+    result = run_build(loaded, output)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+    else:
+        log.info(
+            f"Built {len(result.plan.vms)} VMs; define them with: sh {result.bundle}/define.sh"
+        )
+        print(result.bundle)
+
+
+@app.command()
+@reporting
+def validate(
+    profile: ProfileArg,
+    base: BaseOpt = None,
+    overrides: SetOpt = None,
+    no_base: Annotated[
+        bool,
+        typer.Option("--no-base", help="Skip the checks that read the golden image."),
+    ] = False,
+) -> None:
+    """Check a profile and its golden image without building anything.
+
+    Reports every problem at once, each with its place (`vm "slave3": ip ...`), and
+    exits 2 if there is any.
+    """
+    from .base import inspect_base
+
+    loaded = _load(profile, overrides, base)
+    plan = make_plan(loaded)
+    if not no_base:
+        inspect_base(loaded, plan)
+    log.info(f"{profile}: OK, lab {plan.lab!r} with {len(plan.vms)} VMs")
+
+
+@app.command("plan")
+@reporting
+def plan_command(
+    profile: ProfileArg,
+    base: BaseOpt = None,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what a build would make: each VM's identity, devices and files.
+
+    Pure: reads only the profile, so the same profile gives the same plan (byte for
+    byte with --json) on any machine.
+    """
+    plan = make_plan(_load(profile, overrides, base))
+    if as_json:
+        sys.stdout.write(plan.to_json())
+    else:
+        _print_plan(plan)
+
+
+def _print_plan(plan: Plan) -> None:
+    print(
+        f"lab {plan.lab} ({plan.domain_type.value}), base {plan.base.image}, "
+        f"{plan.network.type.value} {plan.network.source or ''} {plan.network.subnet}"
+    )
+    rows = [("NAME", "HOSTNAME", "IP", "MAC", "VNC", "CPU", "MEMORY", "DISK")]
+    for vm in plan.vms:
+        rows.append(
+            (
+                vm.name,
+                vm.fqdn,
+                f"{vm.ip}/{vm.prefix}",
+                vm.mac,
+                str(vm.vnc.port),
+                str(vm.vcpus),
+                format_size(vm.memory),
+                f"{vm.disk.mode.value} {format_size(vm.disk.size) if vm.disk.size else 'as base'}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+# ----------------------------------------------------------------------- entry
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Interrupted()
+
+
+def _with_default_command(args: list[str]) -> list[str]:
+    """`vmbuild profile.toml ...` means `vmbuild build profile.toml ...`."""
+    commands = {"build", "validate", "plan"}
+    if args and args[0] not in commands and not args[0].startswith("-"):
+        return ["build", *args]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app(args=args, prog_name="vmbuild")
+    except SystemExit as exit_:
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+def run() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,166 @@
+"""NoCloud seed for each VM: user-data, meta-data and network-config on an ISO.
+
+The ISO is written with pycdlib (no genisoimage): volume id ``cidata``, Joliet and
+Rock Ridge, and every timestamp fixed so that two builds give identical bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import time as _time
+import types
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pycdlib
+import yaml
+
+from .errors import BuildError, UserError
+from .plan import Plan, VmPlan
+from .plugins import merged
+
+VOLUME_ID = "cidata"
+#: The order files appear on the ISO and in listings.
+SEED_FILES = ("meta-data", "user-data", "network-config")
+
+
+class _SeedDumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so files in user-data stay readable."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_SeedDumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml(data: Mapping[str, Any]) -> str:
+    return yaml.dump(
+        dict(data), Dumper=_SeedDumper, sort_keys=False, default_flow_style=False, width=1000
+    )
+
+
+def seed_files(lab: Plan, vm: VmPlan, hooks: pluggy.HookRelay) -> dict[str, bytes]:
+    """The NoCloud files for one VM, built as data and dumped as YAML."""
+    user_data = merged(hooks.vmbuild_user_data(lab=lab, vm=vm), "vmbuild_user_data")
+    network = merged(hooks.vmbuild_network_config(lab=lab, vm=vm), "vmbuild_network_config")
+    meta = {"instance-id": vm.instance_id, "local-hostname": vm.hostname}
+    return {
+        "meta-data": dump_yaml(meta).encode(),
+        "user-data": ("#cloud-config\n" + dump_yaml(user_data)).encode(),
+        "network-config": dump_yaml(network).encode(),
+    }
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH when set (reproducible-builds.org), else the Unix epoch."""
+    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"SOURCE_DATE_EPOCH {text!r} is not a whole number of seconds") from None
+    if value < 0:
+        raise UserError(f"SOURCE_DATE_EPOCH {text!r} is negative")
+    return value
+
+
+class _FrozenClock(types.ModuleType):
+    """Stands in for the ``time`` module inside pycdlib: a fixed now, in UTC."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__("time")
+        self._epoch = float(epoch)
+
+    def time(self) -> float:
+        return self._epoch
+
+    def localtime(self, secs: float | None = None) -> _time.struct_time:
+        return _time.gmtime(self._epoch if secs is None else secs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+_PYCDLIB_MODULES = ("pycdlib", "headervd", "dates", "utils", "udf", "inplaceeditor", "dr")
+_clock_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _frozen_pycdlib_clock(epoch: int) -> Iterator[None]:
+    """pycdlib reads the wall clock and local time zone in many places and has no
+    option to fix them; swap its modules' view of ``time`` while we write."""
+    import importlib
+
+    clock = _FrozenClock(epoch)
+    with _clock_lock:
+        saved = []
+        for short in _PYCDLIB_MODULES:
+            try:
+                module = importlib.import_module(f"pycdlib.{short}")
+            except ImportError:
+                continue
+            original = getattr(module, "time", None)
+            if original is not None:
+                saved.append((module, original))
+                setattr(module, "time", clock)  # noqa: B010
+        try:
+            yield
+        finally:
+            for module, original in saved:
+                setattr(module, "time", original)  # noqa: B010
+
+
+def seed_iso_bytes(files: Mapping[str, bytes], epoch: int) -> bytes:
+    """An ISO 9660 image with Joliet and Rock Ridge holding ``files`` at its root."""
+    with _frozen_pycdlib_clock(epoch):
+        iso = pycdlib.PyCdlib()
+        iso.new(
+            interchange_level=3,
+            joliet=3,
+            rock_ridge="1.09",
+            vol_ident=VOLUME_ID,
+            sys_ident="LINUX",
+            app_ident_str="VMBUILD",
+        )
+        for name, data in files.items():
+            iso9660_name = "/" + name.upper().replace("-", "_") + ".;1"
+            iso.add_fp(
+                io.BytesIO(data),
+                len(data),
+                iso9660_name,
+                rr_name=name,
+                joliet_path="/" + name,
+            )
+        out = io.BytesIO()
+        iso.write_fp(out)
+        iso.close()
+    return out.getvalue()
+
+
+def write_file_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file beside ``dest`` and rename it into place, so a
+    symlink already sitting at ``dest`` is replaced, never followed."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BuildError(f"cannot write {dest}: {err.strerror}") from err
+
+
+def write_seed(dest: Path, files: Mapping[str, bytes], epoch: int) -> None:
+    write_file_atomic(dest, seed_iso_bytes(files, epoch))

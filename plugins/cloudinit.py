@@ -1,0 +1,77 @@
+"""cloud-init NoCloud data for every VM: hostname, users, hosts and a static IP by MAC.
+
+A built-in plugin, written only against vmbuild's public hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmbuild.hookspecs import hookimpl
+from vmbuild.inventory import hosts_file
+from vmbuild.plan import Plan, VmPlan
+from vmbuild.profile import Account
+
+NAME = "cloudinit"
+
+
+def _user_entry(account: Account) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": account.name}
+    if account.name != "root":
+        entry["shell"] = "/bin/bash"
+        if account.sudo:
+            entry["sudo"] = "ALL=(ALL) NOPASSWD:ALL"
+    if account.password_hash:
+        entry["lock_passwd"] = False
+        entry["hashed_passwd"] = account.password_hash
+    if account.ssh_authorized_keys:
+        entry["ssh_authorized_keys"] = list(account.ssh_authorized_keys)
+    return entry
+
+
+@hookimpl
+def vmbuild_user_data(lab: Plan, vm: VmPlan) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "hostname": vm.hostname,
+        "fqdn": vm.fqdn,
+        "prefer_fqdn_over_hostname": False,
+        # vmbuild writes the lab's hosts itself; cloud-init's template would
+        # drop the other VMs' lines at every boot.
+        "manage_etc_hosts": False,
+        "write_files": [
+            {
+                "path": "/etc/hosts",
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": hosts_file(lab),
+            }
+        ],
+        "ssh_pwauth": False,
+    }
+    users = [account for account in (vm.root, vm.user) if account is not None]
+    if users:
+        data["users"] = [_user_entry(account) for account in users]
+    if vm.root is not None:
+        data["disable_root"] = False
+    return data
+
+
+@hookimpl
+def vmbuild_network_config(lab: Plan, vm: VmPlan) -> dict[str, Any]:
+    net = lab.network
+    ethernet: dict[str, Any] = {
+        "match": {"macaddress": vm.mac},
+        "dhcp4": False,
+        "dhcp6": False,
+        "addresses": [f"{vm.ip}/{vm.prefix}"],
+    }
+    if net.gateway:
+        ethernet["routes"] = [{"to": "0.0.0.0/0", "via": net.gateway}]
+    nameservers: dict[str, Any] = {}
+    if net.dns:
+        nameservers["addresses"] = list(net.dns)
+    if net.search:
+        nameservers["search"] = list(net.search)
+    if nameservers:
+        ethernet["nameservers"] = nameservers
+    return {"version": 2, "ethernets": {"lan0": ethernet}}
