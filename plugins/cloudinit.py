@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from vmbuild.hookspecs import hookimpl
-from vmbuild.inventory import hosts_file
 from vmbuild.plan import Plan, VmPlan
 from vmbuild.profile import Account
 
@@ -35,17 +34,9 @@ def vmbuild_user_data(lab: Plan, vm: VmPlan) -> dict[str, Any]:
         "hostname": vm.hostname,
         "fqdn": vm.fqdn,
         "prefer_fqdn_over_hostname": False,
-        # vmbuild writes the lab's hosts itself; cloud-init's template would
-        # drop the other VMs' lines at every boot.
+        # vmbuild writes /etc/hosts into the disk with the lab's hosts; cloud-init's
+        # template would replace it with this VM's own name at every boot.
         "manage_etc_hosts": False,
-        "write_files": [
-            {
-                "path": "/etc/hosts",
-                "owner": "root:root",
-                "permissions": "0644",
-                "content": hosts_file(lab),
-            }
-        ],
         "ssh_pwauth": False,
     }
     users = [account for account in (vm.root, vm.user) if account is not None]

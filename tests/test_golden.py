@@ -1,0 +1,135 @@
+"""Golden cases: a profile in, the plan, domain XML, seed files and ISO listing out.
+
+Every profile in profiles/ is a case, and so is every tests/golden/cases/*/profile.toml.
+Regenerate the expected files after an intended change with:
+
+    VMBUILD_REGEN=1 .venv/bin/pytest tests/test_golden.py
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pycdlib
+import pytest
+from vmbuild.domain import domain_xml
+from vmbuild.plan import Plan, make_plan
+from vmbuild.plugins import make_plugin_manager
+from vmbuild.profile import load_profile
+from vmbuild.seed import seed_files, seed_iso_bytes
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+#: Where the golden XML pretends the bundle lives; libvirt needs absolute paths.
+ROOT = "/srv/vmbuild/output"
+REGEN = os.environ.get("VMBUILD_REGEN") == "1"
+
+
+def _cases() -> list[tuple[str, Path, Path]]:
+    cases = [
+        (f"profiles/{path.stem}", path, HERE / "golden" / "profiles" / path.stem)
+        for path in sorted((REPO / "profiles").glob("*.toml"))
+    ]
+    cases += [
+        (f"cases/{path.parent.name}", path, path.parent / "expected")
+        for path in sorted((HERE / "golden" / "cases").glob("*/profile.toml"))
+    ]
+    return cases
+
+
+def iso_listing(data: bytes) -> str:
+    """What a reader of the seed ISO sees: labels, names in each namespace, sizes."""
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(data))
+    try:
+        lines = [
+            f"sha256 {hashlib.sha256(data).hexdigest()}",
+            f"size {len(data)}",
+            f"volume_id {iso.pvd.volume_identifier.decode().strip()}",
+        ]
+        lines.append(f"joliet {iso.has_joliet()}  rock_ridge {iso.has_rock_ridge()}")
+        for kind in ("iso_path", "rr_path", "joliet_path"):
+            for parent, _dirs, files in iso.walk(**{kind: "/"}):
+                for name in sorted(files):
+                    path = parent.rstrip("/") + "/" + name
+                    record = iso.get_record(**{kind: path})
+                    lines.append(f"{kind} {path} {record.get_data_length()}")
+        return "\n".join(lines) + "\n"
+    finally:
+        iso.close()
+
+
+def render_case(profile_path: Path) -> dict[str, str]:
+    """Every generated text of a case, keyed by its path under expected/."""
+    plan = make_plan(load_profile(profile_path))
+    assert Plan.from_json(plan.to_json()) == plan
+    hooks = make_plugin_manager().hook
+    out = {"plan.json": plan.to_json()}
+    for vm in plan.vms:
+        files = seed_files(plan, vm, hooks)
+        for name, data in files.items():
+            out[f"vms/{vm.name}/{name}"] = data.decode()
+        out[f"vms/{vm.name}/seed-listing.txt"] = iso_listing(seed_iso_bytes(files, 0))
+        xml = domain_xml(plan, vm, f"{ROOT}/{plan.lab}", hooks)
+        out[f"vms/{vm.name}/domain.xml"] = xml.decode()
+    return out
+
+
+@pytest.mark.parametrize(("case", "profile", "expected"), _cases(), ids=[c[0] for c in _cases()])
+def test_golden(case: str, profile: Path, expected: Path) -> None:
+    actual = render_case(profile)
+    if REGEN:
+        if expected.exists():
+            for old in expected.rglob("*"):
+                if old.is_file():
+                    old.unlink()
+        for name, text in actual.items():
+            (expected / name).parent.mkdir(parents=True, exist_ok=True)
+            (expected / name).write_text(text)
+    have = sorted(str(p.relative_to(expected)) for p in expected.rglob("*") if p.is_file())
+    assert have == sorted(actual), f"{case}: expected files differ; VMBUILD_REGEN=1 to update"
+    diffs = []
+    for name, text in sorted(actual.items()):
+        want = (expected / name).read_text()
+        if want != text:
+            diffs.extend(
+                difflib.unified_diff(
+                    want.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    f"expected/{name}",
+                    f"actual/{name}",
+                )
+            )
+    assert not diffs, "".join(diffs)
+
+
+def test_every_profile_is_a_golden_case() -> None:
+    stems = {path.stem for path in (REPO / "profiles").glob("*.toml")}
+    assert stems, "profiles/ has no example profiles"
+    assert stems <= {
+        case.split("/", 1)[1] for case, _, _ in _cases() if case.startswith("profiles/")
+    }
+    for stem in stems:
+        assert (HERE / "golden" / "profiles" / stem / "plan.json").is_file(), stem
+
+
+def test_seed_iso_is_reproducible_and_honours_source_date_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = {"meta-data": b"instance-id: a\n", "user-data": b"#cloud-config\n"}
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+    first = seed_iso_bytes(files, 0)
+    monkeypatch.setenv("TZ", "America/Anchorage")
+    assert seed_iso_bytes(files, 0) == first
+    later = seed_iso_bytes(files, 1_700_000_000)
+    assert later != first
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(later))
+    date = iso.pvd.volume_creation_date
+    assert (date.year, date.month, date.dayofmonth) == (2023, 11, 14)
+    assert date.gmtoffset == 0
+    iso.close()
