@@ -26,6 +26,11 @@ class BaseImage:
     sha256: str
 
 
+def _looks_like_qcow2(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"QFI\xfb"
+
+
 def inspect_base(profile: Profile, plan: Plan) -> BaseImage:
     """Check the golden image against the profile; every problem at once."""
     path = profile.base_path()
@@ -44,6 +49,12 @@ def inspect_base(profile: Profile, plan: Plan) -> BaseImage:
         raise fail(f"image {shown} is not a regular file")
     if not os.access(path, os.R_OK):
         raise fail(f"image {shown} is not readable by this user")
+    qemuimg.require()
+    if fmt is DiskFormat.RAW and _looks_like_qcow2(path):
+        raise fail(
+            f"image {shown} is a qcow2 image but base.format is raw",
+            'set base.format = "qcow2"; a raw image must not start with a qcow2 header',
+        )
     try:
         facts = qemuimg.info(path, fmt)
     except BuildError as err:

@@ -52,7 +52,7 @@ SetOpt = Annotated[
         metavar="KEY=VALUE",
         help=(
             "Override a profile key by its dotted path, e.g. --set lab.domain_type=qemu "
-            "or --set vm.slave1.memory=4G ([[vm]] entries by name or position). "
+            "or --set vm.db.memory=4G ([[vm]] entries by their name or position). "
             "VALUE is read as TOML when it parses, else as a string. Repeatable."
         ),
         show_default=False,
@@ -199,9 +199,10 @@ def plan_command(
 
 
 def _print_plan(plan: Plan) -> None:
+    net = plan.network
+    where = f"{net.type.value} {net.source}" if net.source else net.type.value
     print(
-        f"lab {plan.lab} ({plan.domain_type.value}), base {plan.base.image}, "
-        f"{plan.network.type.value} {plan.network.source or ''} {plan.network.subnet}"
+        f"lab {plan.lab} ({plan.domain_type.value}), base {plan.base.image}, {where} {net.subnet}"
     )
     rows = [("NAME", "HOSTNAME", "IP", "MAC", "VNC", "CPU", "MEMORY", "DISK")]
     for vm in plan.vms:

@@ -178,7 +178,7 @@ def parse_size(text: str | int) -> int:
     number, unit, suffix = match.groups()
     if suffix == "B" and unit:
         raise ValueError(f"is ambiguous: write {unit.upper()} or {unit.upper()}iB (binary units)")
-    if suffix == "i":
+    if suffix == "i" or (suffix == "iB" and not unit):
         raise ValueError("is not a size like 20G, 512M or 20GiB")
     value = float(number) * _SIZE_UNITS[unit.lower()]
     if value != int(value):
@@ -217,9 +217,16 @@ def normalise_mac(text: str) -> str:
     return text.lower()
 
 
+def _bare(value: Any) -> str:
+    """Addresses as written (ip 192.168.10.300), like the other messages about them."""
+    if isinstance(value, str) and value and not re.search(r'[\s"]', value):
+        return value
+    return _quote(value)
+
+
 def _quote(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (str, list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -260,6 +267,7 @@ class _Checker:
         parse: Callable[[Any], T],
         default: Any = None,
         required: bool = False,
+        show: Callable[[Any], str] = _quote,
     ) -> Any:
         if key not in table:
             if required:
@@ -268,8 +276,19 @@ class _Checker:
         value = table[key]
         try:
             return parse(value)
+        except _ItemError as err:
+            return self.add(place, f"{key} item {err.index} {_bare(err.element)} {err}")
         except ValueError as err:
-            return self.add(place, f"{key} {_quote(value)} {err}")
+            return self.add(place, f"{key} {show(value)} {err}")
+
+
+class _ItemError(ValueError):
+    """One bad element of a list, reported as 'dns item 2 "x" is not ...'."""
+
+    def __init__(self, index: int, element: Any, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.element = element
 
 
 def _string(value: Any) -> str:
@@ -314,13 +333,15 @@ def _choice(kind: type[E]) -> Callable[[Any], E]:
     return parse
 
 
-def _size(minimum: int) -> Callable[[Any], int]:
+def _size(minimum: int, multiple: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise ValueError("is not a size like 20G, 512M or 20GiB")
         size = parse_size(value)
         if size < minimum:
             raise ValueError(f"is smaller than {format_size(minimum)}")
+        if size % multiple:
+            raise ValueError(f"is not a whole number of {format_size(multiple)} units")
         return size
 
     return parse
@@ -396,7 +417,7 @@ def _string_list(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
             try:
                 out.append(item(element))
             except ValueError as err:
-                raise ValueError(f"item {index + 1} ({_quote(element)}) {err}") from None
+                raise _ItemError(index + 1, element, str(err)) from None
         return tuple(out)
 
     return parse
@@ -435,9 +456,9 @@ def _nic_model(value: Any) -> str:
 
 def _vm_name(value: Any) -> str:
     text = _string(value)
-    if not _VM_NAME.match(text.replace("{", "a").replace("}", "a").replace(":", "a")):
+    if not _VM_NAME.match(_GROUP_N.sub("0", text)):
         raise ValueError(
-            "is not a valid VM name (1-63 letters, digits, '_', '.' or '-', "
+            "is not a valid name (1-63 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit)"
         )
     return text
@@ -453,8 +474,8 @@ _ACCOUNT_KEYS = ("name", "ssh_authorized_keys", "password_hash", "sudo")
 #: Keys that [defaults] sets for every VM and any [[vm]] may override.
 _VM_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "vcpus": (_integer(1, 4096), 2),
-    "memory": (_size(16 << 20), 2 << 30),
-    "disk_size": (_size(1 << 20), None),
+    "memory": (_size(16 << 20, 1 << 20), 2 << 30),
+    "disk_size": (_size(1 << 20, 1 << 20), None),
     "disk_mode": (_choice(DiskMode), DiskMode.OVERLAY),
     "disk_format": (_choice(DiskFormat), DiskFormat.QCOW2),
     "disk_bus": (_choice(Bus), Bus.VIRTIO),
@@ -537,12 +558,24 @@ def _parse_vms(
         count = check.get(entry, "count", place, _integer(1, 4096), 1)
         first = check.get(entry, "first", place, _integer(0, 1_000_000), 1)
         hostname_raw = entry.get("hostname")
-        ip = check.get(entry, "ip", place, _ipv4, required=True)
-        mac = check.get(entry, "mac", place, _mac)
+        ip = check.get(entry, "ip", place, _ipv4, required=True, show=_bare)
+        mac = check.get(entry, "mac", place, _mac, show=_bare)
         uid = check.get(entry, "uuid", place, _uuid)
         vnc_port = check.get(entry, "vnc_port", place, _integer(5900, 65535))
         if _INVALID in (name, count, first, ip, mac, uid, vnc_port):
             continue
+        if (
+            values["disk_mode"] is DiskMode.OVERLAY
+            and ("disk_format" in entry or "disk_format" in defaults)
+            and values["disk_format"] is not DiskFormat.QCOW2
+        ):
+            check.add(
+                place,
+                f"disk_format {values['disk_format'].value} needs disk_mode copy",
+                "an overlay is always qcow2",
+            )
+        if "first" in entry and not _GROUP_N.search(name):
+            check.add(place, "first is only used with a name containing {n}")
         if count > 1 or "{" in name:
             if not _GROUP_N.search(name):
                 check.add(
@@ -583,10 +616,17 @@ def _parse_vms(
                 hint = "set hostname for this VM" if key_for_message == "name" else ""
                 check.add(vm_place, f"{key_for_message} {_quote(hostname_text)} {err}", hint)
                 continue
-            vm_ip = ip + offset
-            if offset and vm_ip < ip:  # wrapped past 255.255.255.255
+            if int(ip) + offset > int(ipaddress.IPv4Address("255.255.255.255")):
                 check.add(vm_place, f"ip of VM {offset + 1} of the group is out of range")
                 continue
+            if vnc_port is not None and vnc_port + offset > 65535:
+                check.add(
+                    vm_place,
+                    f"vnc_port of VM {offset + 1} of the group would be "
+                    f"{vnc_port + offset}, above 65535",
+                )
+                continue
+            vm_ip = ip + offset
             vms.append(
                 VmSpec(
                     name=vm_name,
@@ -779,8 +819,8 @@ def parse_profile(
         check.add("network", "source is not used with type user; remove it")
     if isinstance(source, str) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", source):
         check.add("network", f"source {_quote(source)} is not a bridge or network name")
-    subnet = check.get(net_raw, "subnet", "network", _subnet, required=True)
-    gateway = check.get(net_raw, "gateway", "network", _ipv4)
+    subnet = check.get(net_raw, "subnet", "network", _subnet, required=True, show=_bare)
+    gateway = check.get(net_raw, "gateway", "network", _ipv4, show=_bare)
     dns = check.get(net_raw, "dns", "network", _string_list(_ipv4), ())
     search = check.get(net_raw, "search", "network", _string_list(_domain), None)
     if search is None and isinstance(domain, str):

@@ -32,6 +32,11 @@ class ImageInfo:
     backing_format: str | None
 
 
+def require() -> None:
+    """Fail with an install hint, as a build error, when qemu-img is missing."""
+    _qemu_img()
+
+
 def _qemu_img() -> str:
     path = shutil.which("qemu-img")
     if path is None:

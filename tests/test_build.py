@@ -344,3 +344,12 @@ def test_symlink_at_an_output_path_is_replaced_not_followed(tmp_path: Path) -> N
     write_file_atomic(link, b"new")
     assert victim.read_text() == "keep"
     assert not link.is_symlink() and link.read_bytes() == b"new"
+
+
+def test_qcow2_golden_declared_raw_is_refused(
+    tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read as raw, a qcow2 file would hand every VM its header as disk contents."""
+    profile = write_profile(tmp_path, golden, base_extra='format = "raw"')
+    assert main([str(profile), "-o", str(tmp_path / "out")]) == 2
+    assert "is a qcow2 image but base.format is raw" in capsys.readouterr().err
