@@ -24,6 +24,14 @@ class BaseImage:
     virtual_size: int
     actual_size: int
     sha256: str
+    #: size, mtime and inode when the sha256 was taken; an equal key means the
+    #: same file, so a rebuild need not read the whole image again.
+    stat_key: str
+
+
+def stat_key(path: Path) -> str:
+    info = path.stat()
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 def _looks_like_qcow2(path: Path) -> bool:
@@ -31,11 +39,15 @@ def _looks_like_qcow2(path: Path) -> bool:
         return handle.read(4) == b"QFI\xfb"
 
 
-def inspect_base(profile: Profile, plan: Plan) -> BaseImage:
-    """Check the golden image against the profile; every problem at once."""
+def inspect_base(profile: Profile, plan: Plan, known: tuple[str, str] | None = None) -> BaseImage:
+    """Check the golden image against the profile; every problem at once.
+
+    ``known`` is (stat key, sha256) from the previous build: when the file's stat
+    key is unchanged its sha256 is taken from there instead of re-reading it.
+    """
     path = profile.base_path()
     fmt = profile.base.format
-    shown = profile.base.image
+    shown = profile.base.image or str(path)
 
     def fail(message: str, hint: str = "") -> ProfileError:
         return ProfileError(str(profile.path), [Problem("base", message, hint)])
@@ -71,7 +83,8 @@ def inspect_base(profile: Profile, plan: Plan) -> BaseImage:
         qemuimg.check(path, fmt)
     except BuildError as err:
         raise fail(f"image {shown} is damaged: {err.message}") from None
-    digest = file_digest(path)
+    key = stat_key(path)
+    digest = known[1] if known is not None and known[0] == key else file_digest(path)
     problems = []
     if profile.base.sha256 and profile.base.sha256 != digest:
         problems.append(
@@ -92,4 +105,4 @@ def inspect_base(profile: Profile, plan: Plan) -> BaseImage:
             )
     if problems:
         raise ProfileError(str(profile.path), problems)
-    return BaseImage(path.resolve(), fmt, facts.virtual_size, facts.actual_size, digest)
+    return BaseImage(path.resolve(), fmt, facts.virtual_size, facts.actual_size, digest, key)

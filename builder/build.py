@@ -1,15 +1,26 @@
-"""The build, top to bottom: check the base, make the disks, write the seeds and
-the domain XML, then the manifest, and publish the bundle in one rename.
+"""The build, top to bottom: check the base, make the disks, write each VM's
+identity into its disk, write the seeds and the domain XML, then the manifest and
+inventory, and publish the bundle in one rename.
 
 Only this stage does I/O. Everything it writes goes into a staging folder beside
 the bundle; a failure or an interrupt anywhere leaves the previous bundle as it was.
+
+Rebuilds are incremental. The manifest records what each VM's disk was built from;
+a VM whose inputs are unchanged keeps its disk (hard-linked into the new bundle),
+and seeds, XML and lab files are compared by content. An unchanged lab launches
+no appliance and rewrites nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,16 +41,21 @@ from .bundle import (
     sums_text,
     tree_files,
 )
+from .customize import customize, with_operations
 from .domain import domain_xml
 from .errors import BuildError, UserError
-from .inventory import hosts_file
-from .log import detail, step
+from .golden import build_golden
+from .hostkeys import HostKeySet, generate_host_keys
+from .inspect import GuestFacts
+from .inventory import hosts_file, known_hosts, ssh_config
+from .log import detail, info, step
 from .plan import Plan, VmPlan, make_plan
-from .plugins import make_plugin_manager
+from .plugins import BUILTIN_PLUGINS, make_plugin_manager
 from .profile import DiskMode, Profile, format_size
 from .render import render
-from .seed import seed_files, source_date_epoch, write_file_atomic, write_seed
+from .seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
 
+MANIFEST_FORMAT = 2
 #: Room an overlay needs before first boot, and a margin for the rest.
 OVERLAY_ESTIMATE = 16 << 20
 MARGIN = 64 << 20
@@ -50,6 +66,10 @@ class BuildResult:
     bundle: Path
     plan: Plan
     manifest: dict[str, Any]
+    #: Names of the VMs whose disks were made anew by this build.
+    rebuilt: tuple[str, ...]
+    #: False when the lab was up to date and nothing was written.
+    changed: bool
 
 
 def _prepare_output(output: Path) -> Path:
@@ -62,10 +82,9 @@ def _prepare_output(output: Path) -> Path:
     return output.resolve()
 
 
-def _check_space(output: Path, plan: Plan, base: BaseImage) -> None:
+def _check_space(output: Path, vms: list[VmPlan], base: BaseImage) -> None:
     need = MARGIN + sum(
-        OVERLAY_ESTIMATE if vm.disk.mode is DiskMode.OVERLAY else base.actual_size
-        for vm in plan.vms
+        OVERLAY_ESTIMATE if vm.disk.mode is DiskMode.OVERLAY else base.actual_size for vm in vms
     )
     free = shutil.disk_usage(output).free
     if free < need:
@@ -89,9 +108,7 @@ def _make_disk(stage: Path, final: Path, vm: VmPlan, base: BaseImage) -> None:
     os.chmod(dest, 0o644)
 
 
-def _check_lab_macs(lab: Plan, xml_by_vm: dict[str, bytes]) -> None:
-    import xml.etree.ElementTree as ET
-
+def _check_lab_macs(xml_by_vm: Mapping[str, bytes]) -> None:
     seen: dict[str, str] = {}
     for name, data in xml_by_vm.items():
         for mac in ET.fromstring(data).iter("mac"):
@@ -102,28 +119,277 @@ def _check_lab_macs(lab: Plan, xml_by_vm: dict[str, bytes]) -> None:
             seen[address] = name
 
 
-def _manifest(plan: Plan, base: BaseImage, final: Path, digests: dict[str, str]) -> dict[str, Any]:
-    vms = {}
-    for vm in plan.vms:
-        vms[vm.name] = {
-            "hostname": vm.hostname,
-            "fqdn": vm.fqdn,
-            "ip": f"{vm.ip}/{vm.prefix}",
-            "mac": vm.mac,
-            "uuid": vm.uuid,
-            "instance_id": vm.instance_id,
-            "vnc_port": vm.vnc.port,
-            "artifacts": {
-                kind: {"file": file, "sha256": digests[file]}
-                for kind, file in (
-                    ("disk", vm.disk.file),
-                    ("seed", vm.seed.file),
-                    ("domain", vm.xml),
-                )
-            },
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: list[str]) -> str:
+    """What a VM's disk is made from, except the lab's hosts (see hosts_inputs)."""
+    from .plan import _to_data
+
+    data = _to_data(vm)
+    for key in (
+        "vnc",
+        "xml",
+        "seed",
+        "autostart",
+        "vcpus",
+        "memory",
+        "nic_model",
+        "index",
+        "operations",
+    ):
+        data.pop(key, None)
+    return _digest(
+        {
+            "generator": __version__,
+            "plugins": plugins,
+            "base": [base.sha256, base.format.value, os.path.relpath(base.path, final / vm.folder)],
+            "network": _to_data(lab.network),
+            "seed": lab.seed,
+            "vm": data,
         }
-    return {
-        "format": 1,
+    )
+
+
+def hosts_inputs(lab: Plan) -> str:
+    return hashlib.sha256(hosts_file(lab).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ previous bundle
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the bundle being replaced says about itself."""
+
+    manifest: dict[str, Any]
+    guest: GuestFacts | None
+
+    def vm(self, name: str) -> dict[str, Any] | None:
+        vms: dict[str, Any] = self.manifest.get("vms", {})
+        return vms.get(name)
+
+    def base_known(self) -> tuple[str, str] | None:
+        base = self.manifest.get("base", {})
+        if "stat_key" in base and "sha256" in base:
+            return str(base["stat_key"]), str(base["sha256"])
+        return None
+
+
+def _previous(final: Path) -> Previous | None:
+    try:
+        manifest = json.loads((final / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    guest = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        guest = Plan.from_json((final / "plan.json").read_text()).guest
+    return Previous(manifest, guest)
+
+
+def _unchanged_file(final: Path, name: str, data: bytes) -> bool:
+    path = final / name
+    try:
+        return path.is_file() and not path.is_symlink() and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------- the build
+
+
+def build(
+    profile: Profile,
+    output: Path,
+    hooks: pluggy.HookRelay | None = None,
+    *,
+    force: bool = False,
+) -> BuildResult:
+    """Build (or bring up to date) the lab's bundle at ``output/<lab>``."""
+    plan = make_plan(profile)
+    relay = hooks if hooks is not None else make_plugin_manager().hook
+    plugins = list(BUILTIN_PLUGINS)
+    output = _prepare_output(output)
+    final = output / plan.lab
+    check_target(final)
+    with lab_lock(output, plan.lab):
+        remove_stale(output, plan.lab)
+        previous = None if force else _previous(final)
+        recipe = profile.golden_recipe()
+        if recipe is not None:
+            with step(f"Golden image: {profile.base.describe()}"):
+                build_golden(recipe, progress=info)
+        with step(f"Checking the golden image {profile.base.describe()}"):
+            base = inspect_base(profile, plan, previous.base_known() if previous else None)
+            detail(f"{base.format.value}, {format_size(base.virtual_size)}, sha256 {base.sha256}")
+        epoch = source_date_epoch()
+        hosts_digest = hosts_inputs(plan)
+        inputs = {vm.name: disk_inputs(plan, vm, base, final, plugins) for vm in plan.vms}
+
+        def reusable(vm: VmPlan) -> bool:
+            old = previous.vm(vm.name) if previous else None
+            return (
+                old is not None
+                and old.get("disk_inputs") == inputs[vm.name]
+                and (final / vm.disk.file).is_file()
+            )
+
+        keep = [vm for vm in plan.vms if reusable(vm)]
+        make = [vm for vm in plan.vms if vm not in keep]
+        refresh = [
+            vm
+            for vm in keep
+            if previous is not None and (previous.vm(vm.name) or {}).get("hosts") != hosts_digest
+        ]
+        facts = previous.guest if previous is not None and not make else None
+
+        seeds = {vm.name: seed_iso_bytes(seed_files(plan, vm, relay), epoch) for vm in plan.vms}
+        xmls = {vm.name: domain_xml(plan, vm, str(final), relay) for vm in plan.vms}
+        _check_lab_macs(xmls)
+
+        if facts is not None and not refresh:
+            built = _lab_files(
+                plan, facts, relay, final, base, previous, inputs, hosts_digest, seeds, xmls, {}
+            )
+            if all(
+                _unchanged_file(final, vm.seed.file, seeds[vm.name])
+                and _unchanged_file(final, vm.xml, xmls[vm.name])
+                for vm in plan.vms
+            ) and all(_unchanged_file(final, name, data) for name, data in built.items()):
+                info(f"‣ {plan.lab} is up to date: nothing to do")
+                manifest = json.loads((final / MANIFEST).read_text())
+                return BuildResult(final, plan, manifest, (), False)
+
+        _check_space(output, make, base)
+        with staging(output, plan.lab) as stage:
+            for vm in plan.vms:
+                (stage / vm.folder).mkdir(parents=True)
+            keys_future = _start_host_keys(make)
+            if keep:
+                with step(f"Keeping {len(keep)} unchanged disks"):
+                    for vm in keep:
+                        source = final / vm.disk.file
+                        if vm in refresh:
+                            shutil.copy2(source, stage / vm.disk.file)
+                        else:
+                            os.link(source, stage / vm.disk.file)
+            if make:
+                with step(f"Creating {len(make)} disks"):
+                    for vm in make:
+                        _make_disk(stage, final, vm, base)
+            edit = make + refresh
+            new_keys: Mapping[str, HostKeySet] = {}
+            if edit:
+                names = ", ".join(vm.name for vm in edit)
+                with step(f"Writing identities into {len(edit)} disks in one appliance: {names}"):
+                    done = customize(
+                        plan,
+                        edit,
+                        {vm.name: stage / vm.disk.file for vm in edit},
+                        base,
+                        relay,
+                        lambda: keys_future.result(),
+                        hosts_only={vm.name for vm in refresh},
+                    )
+                    facts = done.facts
+                    new_keys = keys_future.result()
+            assert facts is not None
+            with step(f"Writing {len(plan.vms)} seed ISOs and domain XML files"):
+                for vm in plan.vms:
+                    _place(final, stage, vm.seed.file, seeds[vm.name])
+                    _place(final, stage, vm.xml, xmls[vm.name])
+            with step("Writing the manifest and inventory"):
+                public = {
+                    name: {t: pair[1] for t, pair in keys.items()}
+                    for name, keys in new_keys.items()
+                }
+                files = _lab_files(
+                    plan,
+                    facts,
+                    relay,
+                    final,
+                    base,
+                    previous,
+                    inputs,
+                    hosts_digest,
+                    seeds,
+                    xmls,
+                    public,
+                    stage=stage,
+                )
+                for name, data in files.items():
+                    mode = 0o755 if name == "define.sh" else 0o644
+                    (stage / name).parent.mkdir(parents=True, exist_ok=True)
+                    write_file_atomic(stage / name, data, mode=mode)
+                manifest = json.loads(files[MANIFEST])
+            with step(f"Publishing {final}"):
+                publish(stage, final)
+    return BuildResult(final, plan, manifest, tuple(vm.name for vm in make), True)
+
+
+def _place(final: Path, stage: Path, name: str, data: bytes) -> None:
+    """Keep the previous file (hard link) when its bytes are the same."""
+    if _unchanged_file(final, name, data):
+        os.link(final / name, stage / name)
+    else:
+        write_file_atomic(stage / name, data)
+
+
+def _start_host_keys(vms: list[VmPlan]) -> Future[dict[str, HostKeySet]]:
+    """Make the new disks' host keys in the background, while the appliance boots."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(generate_host_keys, {vm.name: vm.fqdn for vm in vms})
+    pool.shutdown(wait=False)
+    return future
+
+
+def _lab_files(
+    plan: Plan,
+    facts: GuestFacts,
+    hooks: pluggy.HookRelay,
+    final: Path,
+    base: BaseImage,
+    previous: Previous | None,
+    inputs: Mapping[str, str],
+    hosts_digest: str,
+    seeds: Mapping[str, bytes],
+    xmls: Mapping[str, bytes],
+    new_keys: Mapping[str, Mapping[str, str]],
+    stage: Path | None = None,
+) -> dict[str, bytes]:
+    """plan.json, define.sh, inventory/*, manifest.json and SHA256SUMS, as bytes."""
+    full = with_operations(plan, facts, hooks)
+    public: dict[str, Mapping[str, str]] = {}
+    for vm in plan.vms:
+        if vm.name in new_keys:
+            public[vm.name] = new_keys[vm.name]
+        else:
+            old = previous.vm(vm.name) if previous else None
+            public[vm.name] = (old or {}).get("host_keys", {})
+    files: dict[str, bytes] = {
+        "plan.json": full.to_json().encode(),
+        "define.sh": render("define.sh.j2", lab=plan, root=str(final)).encode(),
+        "inventory/hosts": hosts_file(plan).encode(),
+        "inventory/known_hosts": known_hosts(plan, public).encode(),
+        "inventory/ssh_config": ssh_config(plan, str(final)).encode(),
+    }
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    for vm in plan.vms:
+        digests[vm.seed.file] = hashlib.sha256(seeds[vm.name]).hexdigest()
+        digests[vm.xml] = hashlib.sha256(xmls[vm.name]).hexdigest()
+        if stage is not None:
+            digests[vm.disk.file] = file_digest(stage / vm.disk.file)
+        else:
+            old = previous.vm(vm.name) if previous else None
+            digests[vm.disk.file] = (
+                (old or {}).get("artifacts", {}).get("disk", {}).get("sha256", "")
+            )
+    manifest = {
+        "format": MANIFEST_FORMAT,
         "generator": f"vmbuild {__version__}",
         "lab": plan.lab,
         "root": str(final),
@@ -133,51 +399,51 @@ def _manifest(plan: Plan, base: BaseImage, final: Path, digests: dict[str, str])
             "format": base.format.value,
             "virtual_size": base.virtual_size,
             "sha256": base.sha256,
+            "stat_key": base.stat_key,
         },
-        "vms": vms,
+        "guest": facts.to_data(),
+        "vms": {
+            vm.name: {
+                "hostname": vm.hostname,
+                "fqdn": vm.fqdn,
+                "ip": f"{vm.ip}/{vm.prefix}",
+                "mac": vm.mac,
+                "uuid": vm.uuid,
+                "instance_id": vm.instance_id,
+                "machine_id": vm.machine_id,
+                "vnc_port": vm.vnc.port,
+                "disk_inputs": inputs[vm.name],
+                "hosts": hosts_digest,
+                "host_keys": dict(public[vm.name]),
+                "artifacts": {
+                    kind: {"file": file, "sha256": digests[file]}
+                    for kind, file in (
+                        ("disk", vm.disk.file),
+                        ("seed", vm.seed.file),
+                        ("domain", vm.xml),
+                    )
+                },
+            }
+            for vm in plan.vms
+        },
     }
-
-
-def build(profile: Profile, output: Path, hooks: pluggy.HookRelay | None = None) -> BuildResult:
-    """Build the lab's bundle at ``output/<lab>``; see the module docstring."""
-    plan = make_plan(profile)
-    relay = hooks if hooks is not None else make_plugin_manager().hook
-    output = _prepare_output(output)
-    final = output / plan.lab
-    check_target(final)
-    with lab_lock(output, plan.lab):
-        remove_stale(output, plan.lab)
-        with step(f"Checking the golden image {profile.base.image}"):
-            base = inspect_base(profile, plan)
-            detail(f"{base.format.value}, {format_size(base.virtual_size)}, sha256 {base.sha256}")
-        _check_space(output, plan, base)
-        epoch = source_date_epoch()
-        with staging(output, plan.lab) as stage:
-            for vm in plan.vms:
-                (stage / vm.folder).mkdir(parents=True)
-            with step(f"Creating {len(plan.vms)} disks"):
-                for vm in plan.vms:
-                    _make_disk(stage, final, vm, base)
-            with step(f"Writing {len(plan.vms)} seed ISOs"):
-                for vm in plan.vms:
-                    write_seed(stage / vm.seed.file, seed_files(plan, vm, relay), epoch)
-            with step(f"Writing {len(plan.vms)} domain XML files"):
-                xml_by_vm = {vm.name: domain_xml(plan, vm, str(final), relay) for vm in plan.vms}
-                _check_lab_macs(plan, xml_by_vm)
-                for vm in plan.vms:
-                    write_file_atomic(stage / vm.xml, xml_by_vm[vm.name])
-            with step("Writing the manifest"):
-                (stage / "inventory").mkdir()
-                write_file_atomic(stage / "inventory" / "hosts", hosts_file(plan).encode())
-                write_file_atomic(stage / "plan.json", plan.to_json().encode())
-                define = render("define.sh.j2", lab=plan, root=str(final))
-                write_file_atomic(stage / "define.sh", define.encode(), mode=0o755)
-                digests = {name: file_digest(stage / name) for name in tree_files(stage)}
-                manifest = _manifest(plan, base, final, digests)
-                text = json.dumps(manifest, indent=2) + "\n"
-                write_file_atomic(stage / MANIFEST, text.encode())
-                digests[MANIFEST] = file_digest(stage / MANIFEST)
-                write_file_atomic(stage / SUMS, sums_text(stage, digests).encode())
-            with step(f"Publishing {final}"):
-                publish(stage, final)
-    return BuildResult(final, plan, manifest)
+    files[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
+    digests[MANIFEST] = hashlib.sha256(files[MANIFEST]).hexdigest()
+    if stage is None:
+        digests.update(
+            {
+                name: file_digest(final / name)
+                for name in tree_files(final)
+                if name not in digests and name != SUMS
+            }
+        )
+    else:
+        digests.update(
+            {
+                name: file_digest(stage / name)
+                for name in tree_files(stage)
+                if name not in digests and name != SUMS
+            }
+        )
+    files[SUMS] = sums_text(Path(), digests).encode()
+    return files

@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from . import __version__, log
-from .errors import VmbuildError
+from .errors import UserError, VmbuildError
 from .plan import Plan, make_plan
 from .profile import Profile, format_size, load_profile
 
@@ -132,6 +132,10 @@ def build(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Rebuild every disk, even those whose inputs are unchanged."),
+    ] = False,
 ) -> None:
     """Build the lab: disks, seed ISOs, domain XML, manifest, define.sh.
 
@@ -143,13 +147,16 @@ def build(
 
     log.set_verbosity(0 if quiet else 1 + verbose)
     loaded = _load(profile, overrides, base)
-    result = run_build(loaded, output)
+    result = run_build(loaded, output, force=force)
     if as_json:
         print(json.dumps(result.manifest, indent=2))
     else:
-        log.info(
-            f"Built {len(result.plan.vms)} VMs; define them with: sh {result.bundle}/define.sh"
-        )
+        if result.changed:
+            kept = len(result.plan.vms) - len(result.rebuilt)
+            log.info(
+                f"Built {len(result.plan.vms)} VMs ({len(result.rebuilt)} disks made, "
+                f"{kept} kept); define them with: sh {result.bundle}/define.sh"
+            )
         print(result.bundle)
 
 
@@ -185,25 +192,108 @@ def plan_command(
     base: BaseOpt = None,
     overrides: SetOpt = None,
     as_json: JsonOpt = False,
+    inspect: Annotated[
+        bool,
+        typer.Option(
+            "--inspect",
+            help="Also inspect the golden image (read-only, one appliance) and list each "
+            "VM's disk operations.",
+        ),
+    ] = False,
 ) -> None:
     """Show what a build would make: each VM's identity, devices and files.
 
     Pure: reads only the profile, so the same profile gives the same plan (byte for
-    byte with --json) on any machine.
+    byte with --json) on any machine. With --inspect it also reads the golden image
+    and lists the edits each VM's disk gets.
     """
-    plan = make_plan(_load(profile, overrides, base))
+    loaded = _load(profile, overrides, base)
+    plan = make_plan(loaded)
+    if inspect:
+        from .base import inspect_base
+        from .customize import inspect_only, with_operations
+        from .plugins import make_plugin_manager
+
+        facts = inspect_only(inspect_base(loaded, plan))
+        plan = with_operations(plan, facts, make_plugin_manager().hook)
     if as_json:
         sys.stdout.write(plan.to_json())
     else:
         _print_plan(plan)
 
 
+@app.command()
+@reporting
+def golden(
+    debian: Annotated[
+        str, typer.Option("--debian", metavar="RELEASE", help="The Debian release.")
+    ] = "bookworm",
+    size: Annotated[
+        str, typer.Option("--size", metavar="SIZE", help="Virtual size, e.g. 4G.")
+    ] = "4G",
+    packages: Annotated[
+        list[str] | None,
+        typer.Option("--package", "-p", metavar="NAME", help="An extra package (repeatable)."),
+    ] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option("--mirror", metavar="URL", help="Debian mirror (default: this host's)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a bootable golden image from Debian's packages (debootstrap + libguestfs).
+
+    The image has a kernel, systemd, cloud-init, openssh-server, qemu-guest-agent,
+    GRUB and a serial console. It is cached by a digest of its recipe: asking again
+    for the same recipe returns the cached image at once. Needs root (debootstrap).
+    Prints the image's path; a profile uses it with `debian = "bookworm"` under [base].
+    """
+    from .golden import GoldenRecipe, build_golden
+    from .profile import parse_size
+
+    try:
+        size_bytes = parse_size(size)
+    except ValueError as err:
+        raise UserError(f"--size {size!r} {err}") from None
+    recipe = GoldenRecipe(
+        release=debian, size=size_bytes, packages=tuple(packages or ()), mirror=mirror
+    )
+    path, digest = build_golden(recipe, progress=log.info)
+    if as_json:
+        print(json.dumps({"path": str(path), "sha256": digest, "recipe": recipe.to_json()}))
+    else:
+        log.info(f"sha256 {digest}")
+        print(path)
+
+
+@app.command()
+@reporting
+def doctor(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Do not start a libguestfs appliance to test it.")
+    ] = False,
+) -> None:
+    """Report what this host has for vmbuild: qemu-img, ssh-keygen, libguestfs and its
+    appliance, whether KVM really works (else TCG), libvirtd, virt-xml-validate.
+
+    Exits 3 when something a build needs is missing.
+    """
+    from .doctor import run_checks
+
+    checks = run_checks(launch=not quick)
+    width = max(len(check.name) for check in checks)
+    for check in checks:
+        mark = "ok" if check.ok else ("MISSING" if check.required else "no")
+        print(f"{check.name.ljust(width)}  {mark.ljust(7)}  {check.detail}")
+    if any(check.required and not check.ok for check in checks):
+        raise typer.Exit(3)
+
+
 def _print_plan(plan: Plan) -> None:
     net = plan.network
     where = f"{net.type.value} {net.source}" if net.source else net.type.value
-    print(
-        f"lab {plan.lab} ({plan.domain_type.value}), base {plan.base.image}, {where} {net.subnet}"
-    )
+    base = plan.base.describe()
+    print(f"lab {plan.lab} ({plan.domain_type.value}), base {base}, {where} {net.subnet}")
     rows = [("NAME", "HOSTNAME", "IP", "MAC", "VNC", "CPU", "MEMORY", "DISK")]
     for vm in plan.vms:
         rows.append(
@@ -222,6 +312,12 @@ def _print_plan(plan: Plan) -> None:
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+    if plan.guest is not None:
+        print(f"\ngolden image: {plan.guest.family}")
+        for vm in plan.vms:
+            print(f"{vm.name}:")
+            for operation in vm.operations:
+                print(f"  {operation['summary']}")
 
 
 # ----------------------------------------------------------------------- entry
@@ -233,7 +329,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
 
 def _with_default_command(args: list[str]) -> list[str]:
     """`vmbuild profile.toml ...` means `vmbuild build profile.toml ...`."""
-    commands = {"build", "validate", "plan"}
+    commands = {
+        info.name or (info.callback.__name__ if info.callback else "")
+        for info in app.registered_commands
+    }
     if args and args[0] not in commands and not args[0].startswith("-"):
         return ["build", *args]
     return args

@@ -17,6 +17,8 @@ from xml.etree.ElementTree import Element
 import pluggy
 
 if TYPE_CHECKING:
+    from .diskops import Operation
+    from .inspect import GuestFacts
     from .plan import Plan, VmPlan
 
 PROJECT = "vmbuild"
@@ -61,4 +63,20 @@ def vmbuild_domain_xml(lab: Plan, vm: VmPlan, domain: Element) -> None:
     :param vm: the VM whose domain this is.
     :param domain: the ``<domain>`` element; change it in place.
     :return: nothing. Every plugin's implementation is called, in plugin order.
+    """
+
+
+@hookspec
+def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation] | None:
+    """Edits to make inside a VM's disk, as ``vmbuild.diskops.Operation`` objects.
+
+    Fires once per VM, after the golden image was inspected and before the VM's disk
+    is opened; the operations are listed by ``vmbuild plan --inspect --json``.
+
+    :param lab: the whole lab's plan.
+    :param vm: the VM whose disk this is.
+    :param guest: what inspection found in the golden image: distro, version,
+        network stack (``guest.network``), init system, cloud-init.
+    :return: a list of operations, or None. All lists are concatenated in plugin
+        order, then ordered by phase (clean-up first, passwords last) and applied.
     """

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Problem, ProfileError
+from .inspect import GuestFacts
 from .profile import (
     Account,
     Base,
@@ -24,6 +25,7 @@ from .profile import (
     DiskFormat,
     DiskMode,
     DomainType,
+    Golden,
     Machine,
     NetType,
     Profile,
@@ -78,6 +80,8 @@ class VmPlan:
     mac: str
     uuid: str
     instance_id: str
+    #: /etc/machine-id of this clone: derived, so rebuilds agree and clones differ.
+    machine_id: str
     ip: str
     prefix: int
     vcpus: int
@@ -91,6 +95,8 @@ class VmPlan:
     xml: str
     root: Account | None
     user: Account | None
+    #: The disk operations planned for this VM (filled by inspection, else empty).
+    operations: tuple[dict[str, Any], ...] = ()
 
     @property
     def folder(self) -> str:
@@ -123,6 +129,8 @@ class Plan:
     network: NetworkPlan
     plugins: tuple[str, ...]
     vms: tuple[VmPlan, ...]
+    #: What inspection found in the golden image, once it was inspected.
+    guest: GuestFacts | None = None
 
     def vm(self, name: str) -> VmPlan:
         for vm in self.vms:
@@ -172,6 +180,12 @@ def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: Ne
     }
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return f"{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def derive_machine_id(seed: str, name: str, instance_id: str) -> str:
+    return hashlib.sha256("\0".join(("machine-id", seed, name, instance_id)).encode()).hexdigest()[
+        :32
+    ]
 
 
 _DEV_PREFIX = {Bus.VIRTIO: "vd", Bus.IDE: "hd", Bus.SATA: "sd", Bus.SCSI: "sd"}
@@ -246,6 +260,7 @@ def make_plan(profile: Profile) -> Plan:
         if port > 65535:
             problems.append(Problem(spec.place, f"derived vnc_port {port} is above 65535"))
         disk, seed = _devices(spec, problems)
+        instance_id = derive_instance_id(profile.seed, spec, mac, fqdn, network)
         vms.append(
             VmPlan(
                 name=spec.name,
@@ -254,7 +269,8 @@ def make_plan(profile: Profile) -> Plan:
                 fqdn=fqdn,
                 mac=mac,
                 uuid=str(spec.uuid) if spec.uuid else derive_uuid(profile.seed, spec.name),
-                instance_id=derive_instance_id(profile.seed, spec, mac, fqdn, network),
+                instance_id=instance_id,
+                machine_id=derive_machine_id(profile.seed, spec.name, instance_id),
                 ip=str(spec.ip),
                 prefix=net.subnet.prefixlen,
                 vcpus=spec.vcpus,
@@ -344,6 +360,7 @@ def _vm_from(data: dict[str, Any]) -> VmPlan:
             ),
             "root": _account_from(data["root"]),
             "user": _account_from(data["user"]),
+            "operations": tuple(data.get("operations", ())),
         }
     )
 
@@ -360,7 +377,18 @@ def _plan_from_data(data: dict[str, Any]) -> Plan:
         domain=data["domain"],
         domain_type=DomainType(data["domain_type"]),
         profile_digest=data["profile_digest"],
-        base=Base(base["image"], base["sha256"], DiskFormat(base["format"])),
+        base=Base(
+            base["image"],
+            base["sha256"],
+            DiskFormat(base["format"]),
+            None
+            if base.get("golden") is None
+            else Golden(
+                base["golden"]["debian"],
+                base["golden"]["size"],
+                tuple(base["golden"]["packages"]),
+            ),
+        ),
         network=NetworkPlan(
             type=NetType(net["type"]),
             source=net["source"],
@@ -371,4 +399,5 @@ def _plan_from_data(data: dict[str, Any]) -> Plan:
         ),
         plugins=tuple(data["plugins"]),
         vms=tuple(_vm_from(vm) for vm in data["vms"]),
+        guest=GuestFacts.from_data(data["guest"]) if data.get("guest") else None,
     )

@@ -11,7 +11,11 @@ from . import hookspecs
 from .errors import BuildError
 
 #: Plugins that ship with vmbuild, registered before any other.
-BUILTIN_PLUGINS = ("vmbuild_plugins.cloudinit",)
+BUILTIN_PLUGINS = (
+    "vmbuild_plugins.cloudinit",
+    "vmbuild_plugins.identity",
+    "vmbuild_plugins.network",
+)
 
 
 def make_plugin_manager(builtins: Iterable[str] = BUILTIN_PLUGINS) -> pluggy.PluginManager:

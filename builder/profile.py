@@ -84,11 +84,28 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Golden:
+    """A golden image vmbuild builds itself from Debian's packages (and caches)."""
+
+    debian: str
+    size: int
+    packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Base:
-    #: The golden image, absolute or relative to the profile's folder.
-    image: str
+    #: The golden image, absolute or relative to the profile's folder; None when
+    #: vmbuild builds it (``golden``).
+    image: str | None
     sha256: str | None
     format: DiskFormat
+    golden: Golden | None = None
+
+    def describe(self) -> str:
+        if self.golden is not None:
+            extra = f" + {len(self.golden.packages)} packages" if self.golden.packages else ""
+            return f"Debian {self.golden.debian}{extra}, built by vmbuild"
+        return str(self.image)
 
 
 @dataclass(frozen=True)
@@ -150,9 +167,23 @@ class Profile:
         return self.path.parent
 
     def base_path(self) -> Path:
-        """The golden image's path on this machine."""
+        """The golden image's path on this machine (for ``debian = ...``, in the cache)."""
+        if self.base.golden is not None:
+            from .golden import golden_path
+
+            return golden_path(self.golden_recipe())
+        assert self.base.image is not None
         image = Path(self.base.image)
         return image if image.is_absolute() else self.folder / image
+
+    def golden_recipe(self) -> Any:
+        """The recipe of a golden image built from Debian's packages, or None."""
+        from .golden import GoldenRecipe
+
+        golden = self.base.golden
+        if golden is None:
+            return None
+        return GoldenRecipe(release=golden.debian, size=golden.size, packages=golden.packages)
 
 
 # --------------------------------------------------------------------------- sizes
@@ -468,7 +499,7 @@ def _vm_name(value: Any) -> str:
 
 _TOP_KEYS = ("plugins", "lab", "base", "network", "defaults", "root", "user", "vm")
 _LAB_KEYS = ("name", "seed", "domain", "domain_type", "vnc_base")
-_BASE_KEYS = ("image", "sha256", "format")
+_BASE_KEYS = ("image", "sha256", "format", "debian", "size", "packages")
 _NETWORK_KEYS = ("type", "source", "subnet", "gateway", "dns", "search")
 _ACCOUNT_KEYS = ("name", "ssh_authorized_keys", "password_hash", "sudo")
 #: Keys that [defaults] sets for every VM and any [[vm]] may override.
@@ -783,7 +814,8 @@ def parse_profile(
         base_table = raw.setdefault("base", {})
         if isinstance(base_table, dict):
             base_table["image"] = str(base_image.absolute())
-            base_table.pop("sha256", None)
+            for key in ("sha256", "debian", "size", "packages"):
+                base_table.pop(key, None)
     digest = _digest(raw)
     check.keys(raw, "profile", _TOP_KEYS)
 
@@ -799,11 +831,32 @@ def parse_profile(
 
     base_raw = check.table(raw, "base", "base")
     check.keys(base_raw, "base", _BASE_KEYS)
-    if "image" in base_raw:
+    golden = None
+    if "image" in base_raw and "debian" in base_raw:
+        image = check.add("base", "give either image or debian, not both")
+    elif "image" in base_raw:
         image = check.get(base_raw, "image", "base", _nonempty)
+        for key in ("size", "packages"):
+            if key in base_raw:
+                check.add("base", f'{key} is only used with debian = "<release>"')
+    elif "debian" in base_raw:
+        image = None
+        release = check.get(base_raw, "debian", "base", _debian_release)
+        size = check.get(base_raw, "size", "base", _size(1 << 30, 1 << 20), 4 << 30)
+        packages = check.get(base_raw, "packages", "base", _string_list(_package), ())
+        if "sha256" in base_raw:
+            check.add(
+                "base",
+                "sha256 cannot pin an image vmbuild builds itself",
+                "its sha256 is recorded in the bundle's manifest",
+            )
+        if _INVALID not in (release, size, packages):
+            golden = Golden(release, size, packages)
     else:
         image = check.add(
-            "base", "image is required", 'add image = "golden.qcow2" under [base], or use --base'
+            "base",
+            "image is required",
+            'add image = "golden.qcow2" (or debian = "bookworm") under [base], or use --base',
         )
     pin = check.get(base_raw, "sha256", "base", _sha256_pin)
     base_format = check.get(base_raw, "format", "base", _choice(DiskFormat), DiskFormat.QCOW2)
@@ -860,11 +913,25 @@ def parse_profile(
         domain=domain,
         domain_type=domain_type,
         vnc_base=vnc_base,
-        base=Base(image, None if pin is None else pin.lower(), base_format),
+        base=Base(image, None if pin is None else pin.lower(), base_format, golden),
         network=network,
         vms=tuple(vms),
         plugins=plugins,
     )
+
+
+def _debian_release(value: Any) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}", text):
+        raise ValueError("is not a Debian release name like bookworm")
+    return text
+
+
+def _package(value: Any) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", text):
+        raise ValueError("is not a Debian package name")
+    return text
 
 
 def _sha256_pin(value: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmbuild.hookspecs import hookimpl
+from vmbuild.netconfig import ethernet_v2
 from vmbuild.plan import Plan, VmPlan
 from vmbuild.profile import Account
 
@@ -38,6 +39,9 @@ def vmbuild_user_data(lab: Plan, vm: VmPlan) -> dict[str, Any]:
         # template would replace it with this VM's own name at every boot.
         "manage_etc_hosts": False,
         "ssh_pwauth": False,
+        # vmbuild installs this VM's own host keys and publishes them in the bundle's
+        # known_hosts; cloud-init must keep them rather than make new ones.
+        "ssh_deletekeys": False,
     }
     users = [account for account in (vm.root, vm.user) if account is not None]
     if users:
@@ -49,20 +53,4 @@ def vmbuild_user_data(lab: Plan, vm: VmPlan) -> dict[str, Any]:
 
 @hookimpl
 def vmbuild_network_config(lab: Plan, vm: VmPlan) -> dict[str, Any]:
-    net = lab.network
-    ethernet: dict[str, Any] = {
-        "match": {"macaddress": vm.mac},
-        "dhcp4": False,
-        "dhcp6": False,
-        "addresses": [f"{vm.ip}/{vm.prefix}"],
-    }
-    if net.gateway:
-        ethernet["routes"] = [{"to": "0.0.0.0/0", "via": net.gateway}]
-    nameservers: dict[str, Any] = {}
-    if net.dns:
-        nameservers["addresses"] = list(net.dns)
-    if net.search:
-        nameservers["search"] = list(net.search)
-    if nameservers:
-        ethernet["nameservers"] = nameservers
-    return {"version": 2, "ethernets": {"lan0": ethernet}}
+    return {"version": 2, "ethernets": {"lan0": ethernet_v2(lab, vm)}}

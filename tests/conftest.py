@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from vmbuild import cli, log
+from vmbuild.appliance import kvm_usable
+
+# Tests that open libguestfs handles themselves use the same accelerator vmbuild
+# detects: KVM when it really works here, TCG otherwise.
+os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+if not kvm_usable()[0]:
+    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+
+
+@pytest.fixture(scope="session")
+def os_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Debian-like golden image (1 GiB virtual) that vmbuild can inspect and
+    edit: made once per test run, in one libguestfs launch (tests/guestimages.py)."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    from guestimages import ImageSpec, make_images
+
+    path = tmp_path_factory.mktemp("os-image") / "debian.qcow2"
+    make_images({path: ImageSpec("debian-ifupdown", size="1G")})
+    return path
 
 
 @pytest.fixture
-def golden(tmp_path: Path) -> Path:
-    """An empty 1 GiB qcow2 golden image (a few hundred KiB on disk)."""
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img is not installed")
+def golden(tmp_path: Path, os_image: Path) -> Path:
+    """A private copy of the session's golden image, free to damage."""
     path = tmp_path / "golden.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1G"],
-        check=True,
-        capture_output=True,
-    )
+    shutil.copyfile(os_image, path)
     return path
 
 

@@ -133,7 +133,9 @@ def test_build_prints_the_bundle_path_and_writes_the_bundle(
     assert result.code == 0, result.err
     bundle = (tmp_path / "out" / "lab").resolve()
     assert result.out == f"{bundle}\n"
-    assert f"Built 2 VMs; define them with: sh {bundle}/define.sh" in result.err
+    assert f"Built 2 VMs (2 disks made, 0 kept); define them with: sh {bundle}/define.sh" in (
+        result.err
+    )
     for name in ("web", "db"):
         for file in ("disk.qcow2", "seed.iso", "domain.xml"):
             assert (bundle / "vms" / name / file).is_file()
@@ -285,7 +287,7 @@ def test_base_option_replaces_the_image(run_cli: RunCli, tmp_path: Path, golden:
     path = write_profile(tmp_path, tmp_path / "missing.qcow2", base_extra=pin)
     result = run_cli("plan", path, "--json", "--base", golden)
     base = json.loads(result.out)["base"]
-    assert base == {"image": str(golden), "sha256": None, "format": "qcow2"}
+    assert base == {"image": str(golden), "sha256": None, "format": "qcow2", "golden": None}
     # Without --base the missing image and the wrong pin fail; with it, all is well.
     assert run_cli("validate", path).code == 2
     result = run_cli("validate", path, "--base", golden)

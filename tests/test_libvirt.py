@@ -70,11 +70,9 @@ def test_golden_xml_passes_virt_xml_validate(xml: Path) -> None:
 
 
 @pytest.fixture
-def reference_bundle(tmp_path: Path) -> Iterator[Path]:
+def reference_bundle(tmp_path: Path, golden: Path) -> Iterator[Path]:
     """The reference lab, built on a small golden image, with VM names made unique so
     that no domain already on this host is ever touched."""
-    golden = tmp_path / "golden.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", golden, "2G"], check=True)
     prefix = f"vmbuild-test-{uuid.uuid4().hex[:8]}-"
     code = main(
         [

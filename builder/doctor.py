@@ -1,0 +1,95 @@
+"""What this host has for vmbuild: tools, libguestfs and its appliance, KVM, libvirt."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .appliance import Appliance, guestfs_module, kvm_usable
+from .errors import BuildError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    #: A build cannot work without it.
+    required: bool
+
+
+def _version(command: list[str], pick: str = "") -> tuple[bool, str]:
+    if shutil.which(command[0]) is None:
+        return False, "not installed"
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, str(err)
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    chosen = [line for line in lines if pick in line] or lines
+    return result.returncode == 0, chosen[0].strip() if chosen else f"exit {result.returncode}"
+
+
+def _appliance() -> tuple[bool, str]:
+    try:
+        guestfs_module()
+    except BuildError as err:
+        return False, err.message
+    start = time.monotonic()
+    try:
+        with Appliance(call_timeout=60) as app:
+            app.handle.add_drive_scratch(16 << 20)
+            app.launch()
+            version = app.handle.version()
+            accel = app.accel
+    except BuildError as err:
+        return False, err.message
+    seconds = time.monotonic() - start
+    return True, (
+        f"libguestfs {version['major']}.{version['minor']}.{version['release']}: "
+        f"appliance started in {seconds:.1f}s with {accel}"
+    )
+
+
+def run_checks(launch: bool = True) -> list[Check]:
+    checks = []
+    ok, detail = _version(["qemu-img", "--version"])
+    checks.append(Check("qemu-img", ok, detail, True))
+    keygen = shutil.which("ssh-keygen")
+    checks.append(
+        Check("ssh-keygen", keygen is not None, keygen or "not installed (openssh-client)", True)
+    )
+    if launch:
+        ok, detail = _appliance()
+    else:
+        try:
+            guestfs_module()
+            ok, detail = True, "Python binding installed (appliance not started: --quick)"
+        except BuildError as err:
+            ok, detail = False, err.message
+    checks.append(Check("libguestfs", ok, detail, True))
+    usable, reason = kvm_usable()
+    checks.append(
+        Check(
+            "kvm",
+            usable,
+            reason if usable else f"not usable: {reason}; libguestfs uses TCG (slower)",
+            False,
+        )
+    )
+    ok, detail = _version(["virsh", "-c", "qemu:///system", "version", "--daemon"], "daemon")
+    checks.append(
+        Check("libvirt", ok, detail if ok else f"no libvirtd reachable ({detail})", False)
+    )
+    validate = shutil.which("virt-xml-validate")
+    checks.append(
+        Check(
+            "virt-xml-validate",
+            validate is not None,
+            validate or "not installed (libvirt-clients)",
+            False,
+        )
+    )
+    return checks

@@ -1,0 +1,307 @@
+"""What the golden image is: distro, version, network stack, init system.
+
+Learned once per lab by libguestfs inspection of the golden image, read-only, and
+recorded in the bundle's plan. The network stack is decided from what the image
+has installed and enabled, never from a guessed interface name.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import stat
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .appliance import Appliance
+from .errors import BuildError
+
+
+class NetStack(enum.StrEnum):
+    IFUPDOWN = "ifupdown"
+    NETPLAN = "netplan"
+    NETWORKMANAGER = "networkmanager"
+    NETWORKD = "networkd"
+    IFCFG = "ifcfg"
+    UNKNOWN = "unknown"
+
+
+_RHEL_LIKE = {
+    "rhel",
+    "centos",
+    "rocky",
+    "almalinux",
+    "oraclelinux",
+    "scientificlinux",
+    "redhat-based",
+    "fedora",
+}
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    os_type: str
+    distro: str
+    product_name: str
+    major: int
+    minor: int
+    hostname: str
+    network: NetStack
+    init: str
+    cloud_init: bool
+    #: Filesystems as (mountpoint, device in the golden image), "/" first.
+    mounts: tuple[tuple[str, str], ...]
+
+    def to_data(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["network"] = self.network.value
+        data["mounts"] = [list(mount) for mount in self.mounts]
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> GuestFacts:
+        return cls(
+            **{
+                **data,
+                "network": NetStack(data["network"]),
+                "mounts": tuple((m, d) for m, d in data["mounts"]),
+            }
+        )
+
+    @property
+    def family(self) -> str:
+        return f"{self.distro} {self.major}.{self.minor} ({self.network.value})"
+
+
+def _exists(app: Appliance, path: str, kind: str = "exists") -> bool:
+    function = {"exists": app.handle.exists, "dir": app.handle.is_dir, "file": app.handle.is_file}[
+        kind
+    ]
+    return bool(app.call(f"looking for {path}", function, path))
+
+
+def _wants(app: Appliance, unit: str) -> bool:
+    """Whether a systemd unit is enabled: a link to it in some *.wants folder."""
+    for folder in ("/etc/systemd/system",):
+        if not _exists(app, folder, "dir"):
+            continue
+        for entry in app.call(f"listing {folder}", app.handle.ls, folder):
+            wants = f"{folder}/{entry}"
+            if entry.endswith(".wants") and _exists(app, f"{wants}/{unit}"):
+                return True
+    return False
+
+
+def detect_network(app: Appliance, distro: str, major: int) -> NetStack:
+    """The stack that will configure the NIC at boot, from what is installed."""
+
+    def has(*paths: str) -> bool:
+        return any(_exists(app, path) for path in paths)
+
+    if has("/usr/sbin/netplan", "/usr/bin/netplan") and _exists(app, "/etc/netplan", "dir"):
+        return NetStack.NETPLAN
+    if _wants(app, "systemd-networkd.service"):
+        return NetStack.NETWORKD
+    rhel_like = distro in _RHEL_LIKE
+    if (
+        rhel_like
+        and distro != "fedora"
+        and major <= 8
+        and _exists(app, "/etc/sysconfig/network-scripts", "dir")
+    ):
+        return NetStack.IFCFG
+    if has("/usr/sbin/NetworkManager", "/usr/bin/NetworkManager"):
+        return NetStack.NETWORKMANAGER
+    if has("/sbin/ifup", "/usr/sbin/ifup") and _exists(app, "/etc/network", "dir"):
+        return NetStack.IFUPDOWN
+    return NetStack.UNKNOWN
+
+
+def _parse_os_release(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            values[key] = value.strip().strip('"').strip("'")
+    return values
+
+
+def _version(text: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)(?:\.(\d+))?", text.strip())
+    if not match:
+        return 0, 0
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _read(app: Appliance, path: str) -> str | None:
+    """A small text file of the mounted guest, or None; never reads a FIFO."""
+    h = app.handle
+    try:
+        real = app.call(f"resolving {path}", h.realpath, path)
+        info = app.call(f"looking at {path}", h.lstatns, real)
+    except BuildError:
+        return None
+    if stat.S_ISREG(info["st_mode"]) and info["st_size"] <= 1 << 20:
+        data = app.call(f"reading {path}", h.pread, real, int(info["st_size"]), 0)
+        return bytes(data).decode(errors="replace")
+    return None
+
+
+def _has_release(app: Appliance) -> bool:
+    paths = ("/etc/os-release", "/usr/lib/os-release", "/etc/redhat-release", "/etc/debian_version")
+    return any(_read(app, path) for path in paths)
+
+
+def _find_root(app: Appliance, candidates: list[str]) -> str | None:
+    h = app.handle
+    found = []
+    for device in candidates:
+        try:
+            app.call(f"mounting {device}", h.mount_ro, device, "/")
+        except BuildError:
+            continue  # swap, empty or not a filesystem
+        try:
+            if _has_release(app):
+                found.append(device)
+        finally:
+            app.call("unmounting", h.umount_all)
+    if len(found) > 1:
+        raise BuildError(
+            f"the golden image has {len(found)} operating systems ({', '.join(found)}); "
+            "vmbuild needs exactly one"
+        )
+    return found[0] if found else None
+
+
+_NOT_DISKS = ("swap", "proc", "sysfs", "tmpfs", "devpts", "nfs", "nfs4", "cifs", "none")
+
+
+def _fstab_mounts(app: Appliance, text: str, golden: str, partitions: list[str]) -> dict[str, str]:
+    """Mountpoints other than / from the guest's fstab, as golden-image devices."""
+    h = app.handle
+    by_uuid: dict[str, str] = {}
+    by_label: dict[str, str] = {}
+    for part in partitions:
+        try:
+            by_uuid[app.call("reading a UUID", h.vfs_uuid, part).lower()] = part
+            by_label[app.call("reading a label", h.vfs_label, part)] = part
+        except BuildError:
+            continue
+    mounts = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith("#"):
+            continue
+        spec, mountpoint, fstype = fields[:3]
+        if mountpoint in ("/", "none", "swap") or fstype in _NOT_DISKS:
+            continue
+        device: str | None
+        if spec.startswith("UUID="):
+            device = by_uuid.get(spec[5:].strip('"').lower())
+        elif spec.startswith("LABEL="):
+            device = by_label.get(spec[6:].strip('"'))
+        else:
+            number = re.search(r"(\d+)$", spec)
+            device = f"{golden}{number.group(1)}" if number and spec.startswith("/dev/") else None
+        if device is None:
+            raise BuildError(
+                f"the golden image's fstab mounts {mountpoint} from {spec}, "
+                "which is not on the golden image"
+            )
+        mounts[mountpoint] = device
+    return mounts
+
+
+def inspect_golden(app: Appliance, golden_index: int) -> GuestFacts:
+    """Inspect the golden image (already added, read-only, and launched).
+
+    Reads os-release and fstab directly: libguestfs's own inspection probes every
+    filesystem of every drive on the handle, which takes seconds per clone.
+    """
+    h = app.handle
+    golden = app.device(golden_index)
+    partitions = [
+        part
+        for part in app.call("listing partitions", h.list_partitions)
+        if part.startswith(golden) and part[len(golden) :].isdigit()
+    ]
+    root = _find_root(app, partitions or [golden])
+    if root is None:
+        raise BuildError(
+            "the golden image has no Linux system that vmbuild recognises (no os-release)",
+            hint="is it a disk image of an installed Linux system? LVM roots are not supported yet",
+        )
+    app.call(f"mounting {root}", h.mount_ro, root, "/")
+    try:
+        release = _parse_os_release(
+            _read(app, "/etc/os-release") or _read(app, "/usr/lib/os-release") or ""
+        )
+        distro = release.get("ID", "").lower()
+        major, minor = _version(release.get("VERSION_ID", ""))
+        debian_version = _read(app, "/etc/debian_version")
+        redhat_release = _read(app, "/etc/redhat-release")
+        if not distro and redhat_release:
+            distro = "centos" if "CentOS" in redhat_release else "rhel"
+        if not distro and debian_version:
+            distro = "debian"
+        if distro == "debian" and debian_version and _version(debian_version)[0]:
+            major, minor = _version(debian_version)
+        if distro in _RHEL_LIKE and redhat_release:
+            found = re.search(r"release (\d+)(?:\.(\d+))?", redhat_release)
+            if found:
+                major, minor = int(found.group(1)), int(found.group(2) or 0)
+        hostname = (_read(app, "/etc/hostname") or "").strip()
+        fstab = _read(app, "/etc/fstab") or ""
+        mounts = {"/": root, **_fstab_mounts(app, fstab, golden, partitions)}
+        network = detect_network(app, distro, major)
+        systemd = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
+        init = "systemd" if any(_exists(app, path) for path in systemd) else "other"
+        cloud_init = any(
+            _exists(app, path) for path in ("/usr/bin/cloud-init", "/etc/cloud/cloud.cfg")
+        )
+    finally:
+        app.call("unmounting", h.umount_all)
+    return GuestFacts(
+        os_type="linux",
+        distro=distro or "unknown",
+        product_name=release.get("PRETTY_NAME") or (redhat_release or distro).strip(),
+        major=major,
+        minor=minor,
+        hostname=hostname,
+        network=network,
+        init=init,
+        cloud_init=cloud_init,
+        mounts=tuple(sorted(mounts.items(), key=lambda item: (len(item[0]), item[0]))),
+    )
+
+
+def mount_all(
+    app: Appliance,
+    mounts: tuple[tuple[str, str], ...],
+    *,
+    readonly: bool,
+    device_map: dict[str, str] | None = None,
+) -> None:
+    """Mount a guest's filesystems in the appliance (never on the host)."""
+    h = app.handle
+    for mountpoint, device in mounts:
+        target = device_map.get(device, device) if device_map else device
+        function = h.mount_ro if readonly else h.mount
+        app.call(f"mounting {target} at {mountpoint}", function, target, mountpoint)
+
+
+def device_map_for(
+    app: Appliance, facts: GuestFacts, golden_index: int, drive_index: int
+) -> dict[str, str]:
+    """The golden image's filesystem devices, as found on one of its clones."""
+    golden = app.device(golden_index)
+    clone = app.device(drive_index)
+    mapping = {}
+    for _mountpoint, device in facts.mounts:
+        if device == golden:
+            mapping[device] = clone
+        elif device.startswith(golden) and device[len(golden) :].isdigit():
+            mapping[device] = clone + device[len(golden) :]
+        else:
+            raise BuildError(f"cannot find the golden image's {device} on its clone")
+    return mapping

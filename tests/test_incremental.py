@@ -1,0 +1,105 @@
+"""Rebuilds do only the work their changes need: none for an unchanged lab, one VM's
+disk, seed and XML for a change to that VM, everything with --force."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vmbuild.appliance import Appliance
+from vmbuild.diskops import GuestFiles
+
+#: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
+RunCli = Callable[..., Any]
+
+pytestmark = pytest.mark.guestfs
+
+PROFILE = """
+[lab]
+name = "inc"
+
+[base]
+image = "{image}"
+
+[network]
+source = "br-test"
+subnet = "192.0.2.0/24"
+gateway = "192.0.2.1"
+
+[[vm]]
+name = "a"
+ip = "192.0.2.10"
+
+[[vm]]
+name = "b"
+ip = "192.0.2.11"
+
+[[vm]]
+name = "c"
+ip = "192.0.2.12"
+"""
+
+
+def snapshot(bundle: Path) -> dict[str, tuple[int, int]]:
+    """Every file's inode and modification time."""
+    return {
+        str(path.relative_to(bundle)): (path.stat().st_ino, path.stat().st_mtime_ns)
+        for path in sorted(bundle.rglob("*"))
+        if path.is_file()
+    }
+
+
+def host_keys(bundle: Path) -> dict[str, str]:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return {name: vm["host_keys"]["ed25519"] for name, vm in manifest["vms"].items()}
+
+
+def test_rebuilds_do_only_what_changed(run_cli: RunCli, golden: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "inc.toml"
+    profile.write_text(PROFILE.format(image=golden))
+    out = tmp_path / "out"
+    bundle = out / "inc"
+    assert run_cli(profile, "-o", out).code == 0
+    before = snapshot(bundle)
+    keys = host_keys(bundle)
+
+    # Unchanged: no appliance, nothing rewritten, not even the manifest.
+    again = run_cli(profile, "-o", out)
+    assert again.code == 0, again.err
+    assert "inc is up to date: nothing to do" in again.err
+    assert "appliance" not in again.err
+    assert snapshot(bundle) == before
+
+    # One VM's address changes: that VM's disk, seed and XML are made anew; the
+    # others keep their disks (with the lab's new /etc/hosts), seeds and XML.
+    changed = run_cli(profile, "-o", out, "--set", "vm.b.ip=192.0.2.99")
+    assert changed.code == 0, changed.err
+    assert "Creating 1 disks" in changed.err
+    assert "Keeping 2 unchanged disks" in changed.err
+    after = snapshot(bundle)
+    new_keys = host_keys(bundle)
+    assert new_keys["b"] != keys["b"]
+    assert new_keys["a"] == keys["a"] and new_keys["c"] == keys["c"]
+    for name in ("a", "c"):
+        for file in ("seed.iso", "domain.xml"):
+            assert after[f"vms/{name}/{file}"] == before[f"vms/{name}/{file}"]
+    for file in ("seed.iso", "domain.xml", "disk.qcow2"):
+        assert after[f"vms/b/{file}"] != before[f"vms/b/{file}"]
+    with Appliance() as app:
+        app.add(bundle / "vms/a/disk.qcow2", "qcow2", readonly=True)
+        app.launch()
+        app.handle.mount_ro(app.device(0) + "1", "/")
+        hosts = (GuestFiles(app).read("/etc/hosts") or b"").decode()
+        public = (GuestFiles(app).read("/etc/ssh/ssh_host_ed25519_key.pub") or b"").decode()
+    assert "192.0.2.99 b" in hosts and "192.0.2.11" not in hosts
+    assert public.strip() == keys["a"]
+
+    # --force makes every disk anew.
+    forced = run_cli(profile, "-o", out, "--set", "vm.b.ip=192.0.2.99", "--force")
+    assert forced.code == 0, forced.err
+    assert "Creating 3 disks" in forced.err
+    forced_keys = host_keys(bundle)
+    assert all(forced_keys[name] != new_keys[name] for name in "abc")
