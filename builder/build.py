@@ -49,9 +49,9 @@ from .hostkeys import HostKeySet, generate_host_keys
 from .inspect import GuestFacts
 from .inventory import hosts_file, known_hosts, ssh_config
 from .log import detail, info, step
-from .plan import Plan, VmPlan, make_plan
+from .plan import Plan, VmPlan, make_plan, to_data
 from .plugins import BUILTIN_PLUGINS, make_plugin_manager
-from .profile import DiskMode, Profile, format_size
+from .profile import DiskMode, Profile, format_size, json_digest
 from .render import render
 from .seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
 
@@ -119,16 +119,9 @@ def _check_lab_macs(xml_by_vm: Mapping[str, bytes]) -> None:
             seen[address] = name
 
 
-def _digest(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: list[str]) -> str:
     """What a VM's disk is made from, except the lab's hosts (see hosts_inputs)."""
-    from .plan import _to_data
-
-    data = _to_data(vm)
+    data = to_data(vm)
     for key in (
         "vnc",
         "xml",
@@ -141,12 +134,12 @@ def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: li
         "operations",
     ):
         data.pop(key, None)
-    return _digest(
+    return json_digest(
         {
             "generator": __version__,
             "plugins": plugins,
             "base": [base.sha256, base.format.value, os.path.relpath(base.path, final / vm.folder)],
-            "network": _to_data(lab.network),
+            "network": to_data(lab.network),
             "seed": lab.seed,
             "vm": data,
         }

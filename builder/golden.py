@@ -43,6 +43,7 @@ from . import qemuimg
 from .appliance import Appliance, guestfs_module
 from .bundle import file_digest
 from .errors import BuildError, UserError
+from .profile import DEBIAN_PACKAGE, DEBIAN_RELEASE
 
 #: Bump when the build steps change what ends up in the image: it is in the digest.
 RECIPE_FORMAT = 1
@@ -83,8 +84,6 @@ DEBOOTSTRAP_TIMEOUT = 1800.0
 TAR_IN_TIMEOUT = 1800.0
 GUEST_COMMAND_TIMEOUT = 900.0
 
-_RELEASE = re.compile(r"[a-z][a-z0-9-]{1,30}")
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _MIRROR = re.compile(r"(https?|file)://[^\s,'\"\\]+")
 
 Progress = Callable[[str], None]
@@ -107,7 +106,7 @@ class GoldenRecipe:
     mirror: str | None = None
 
     def __post_init__(self) -> None:
-        if not _RELEASE.fullmatch(self.release):
+        if not DEBIAN_RELEASE.fullmatch(self.release):
             raise UserError(f"release {self.release!r} is not a Debian release name")
         if self.size < MIN_SIZE or self.size % 512:
             raise UserError(
@@ -115,7 +114,7 @@ class GoldenRecipe:
             )
         # A list would make the recipe unhashable and its digest depend on mutation.
         object.__setattr__(self, "packages", tuple(self.packages))
-        bad = [name for name in self.packages if not _PACKAGE.fullmatch(name)]
+        bad = [name for name in self.packages if not DEBIAN_PACKAGE.fullmatch(name)]
         if bad:
             raise UserError(f"not a Debian package name: {', '.join(map(repr, bad))}")
         if self.mirror is not None and not _MIRROR.fullmatch(self.mirror):

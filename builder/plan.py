@@ -139,7 +139,7 @@ class Plan:
         raise KeyError(name)
 
     def to_json(self) -> str:
-        return json.dumps(_to_data(self), indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(to_data(self), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -163,7 +163,7 @@ def derive_uuid(seed: str, name: str) -> str:
 
 
 def _account_data(account: Account | None) -> Any:
-    return None if account is None else _to_data(account)
+    return None if account is None else to_data(account)
 
 
 def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: NetworkPlan) -> str:
@@ -174,7 +174,7 @@ def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: Ne
         "fqdn": fqdn,
         "mac": mac,
         "ip": str(spec.ip),
-        "network": _to_data(network),
+        "network": to_data(network),
         "root": _account_data(spec.root),
         "user": _account_data(spec.user),
     }
@@ -313,13 +313,13 @@ def make_plan(profile: Profile) -> Plan:
 # ------------------------------------------------------------------ JSON round trip
 
 
-def _to_data(value: Any) -> Any:
+def to_data(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (tuple, list)):
-        return [_to_data(item) for item in value]
+        return [to_data(item) for item in value]
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv4Network, uuid.UUID)):
         return str(value)
     return value

@@ -714,8 +714,9 @@ def find_duplicates(
             seen[norm] = vm
 
 
-def _digest(raw: Mapping[str, Any]) -> str:
-    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+def json_digest(data: Any) -> str:
+    """sha256 of ``data`` as canonical JSON: the same data, the same digest anywhere."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -816,7 +817,7 @@ def parse_profile(
             base_table["image"] = str(base_image.absolute())
             for key in ("sha256", "debian", "size", "packages"):
                 base_table.pop(key, None)
-    digest = _digest(raw)
+    digest = json_digest(raw)
     check.keys(raw, "profile", _TOP_KEYS)
 
     lab = check.table(raw, "lab", "lab")
@@ -920,16 +921,21 @@ def parse_profile(
     )
 
 
+#: Names debootstrap and apt accept; golden.py checks its recipes with the same.
+DEBIAN_RELEASE = re.compile(r"[a-z][a-z0-9-]{1,30}")
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
 def _debian_release(value: Any) -> str:
     text = _string(value)
-    if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}", text):
+    if not DEBIAN_RELEASE.fullmatch(text):
         raise ValueError("is not a Debian release name like bookworm")
     return text
 
 
 def _package(value: Any) -> str:
     text = _string(value)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", text):
+    if not DEBIAN_PACKAGE.fullmatch(text):
         raise ValueError("is not a Debian package name")
     return text
 
