@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import qemuimg
-from .appliance import Appliance, guestfs_module
+from .appliance import Appliance, ApplianceError, ApplianceTimeout, guestfs_module
 from .bundle import file_digest
 from .errors import BuildError, UserError
 from .profile import DEBIAN_PACKAGE, DEBIAN_RELEASE
@@ -513,9 +513,44 @@ class _Guest:
         self.call(f"setting the mode of {path}", self.h.chmod, mode, path)
 
     def sh(self, what: str, script: str, timeout: float = GUEST_COMMAND_TIMEOUT) -> str:
-        full = "export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8; " + script
+        """Run ``script`` in the new system; a failure carries everything it printed.
+
+        guestfs reports only a failed command's stderr, and tools such as grub-install
+        say why they failed on stdout as well: both streams are joined, and on failure
+        the joined text and the exit status go to stderr.
+        """
+        full = (
+            "export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8\n"
+            f"out=$( {{ {script}\n}} 2>&1 )\n"
+            'status=$?\nprintf "%s" "$out"\n'
+            'if [ "$status" -ne 0 ]; then\n'
+            '  printf "%s\\n(exit status %d)" "$out" "$status" >&2\n  exit "$status"\nfi\n'
+        )
         out: str = self.call(what, self.h.sh, full, timeout=timeout)
         return out
+
+
+def _install_grub(g: _Guest, disk: str, progress: Progress) -> None:
+    """grub-install, with one more attempt after a pause if the first one fails.
+
+    grub-install probes the disk through the appliance's /dev and /sys, which the
+    appliance's udev is still updating for a while after the disk was partitioned;
+    one failed run here has been seen to leave no message at all. The first
+    failure's output is shown, and a second failure is final and reports both.
+    """
+    command = f"grub-install --target=i386-pc {disk}"
+    try:
+        g.sh("installing GRUB", command)
+    except ApplianceTimeout:
+        raise
+    except ApplianceError as first:
+        progress(f"  grub-install failed, trying once more in 10 s: {first}")
+        time.sleep(10)
+        g.call("syncing", g.h.sync)
+        try:
+            g.sh("installing GRUB (second attempt)", command)
+        except ApplianceError as second:
+            raise BuildError(f"{second}\nthe first attempt: {first}") from None
 
 
 def _make_disk(recipe: GoldenRecipe, image: Path, tarball: Path, progress: Progress) -> None:
@@ -588,8 +623,8 @@ def _make_disk(recipe: GoldenRecipe, image: Path, tarball: Path, progress: Progr
         )
 
         progress(f"  installing GRUB on {disk}")
-        g.sh("installing GRUB", f"grub-install --target=i386-pc {disk} 2>&1")
-        g.sh("writing grub.cfg", "update-grub 2>&1")
+        _install_grub(g, disk, progress)
+        g.sh("writing grub.cfg", "update-grub")
         grub_cfg: str = g.call("reading grub.cfg", h.cat, "/boot/grub/grub.cfg")
         if f"root=UUID={uuid}" not in grub_cfg or "console=ttyS0" not in grub_cfg:
             raise BuildError(
