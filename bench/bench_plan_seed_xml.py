@@ -37,7 +37,7 @@ from pathlib import Path
 
 from vmbuild.domain import domain_xml
 from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import make_plugin_manager
+from vmbuild.plugins import load_plugins
 from vmbuild.profile import load_profile, parse_profile, read_profile
 from vmbuild.seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
 
@@ -262,7 +262,7 @@ class SeedXmlTimes:
 
 
 def _seed_xml_pass(plan: Plan, out: Path) -> SeedXmlTimes:
-    hooks = make_plugin_manager().hook
+    hooks = load_plugins()
     epoch = source_date_epoch()
     times = SeedXmlTimes()
     clock = time.perf_counter_ns
@@ -316,7 +316,7 @@ def bench_seed_xml_in_big_lab(big_plan: Plan, work: Path) -> None:
     lab's /etc/hosts, so the per-VM cost grows with the lab's size."""
     chosen = big_plan.vms[:SEED_VMS]
     vms = len(chosen)
-    hooks = make_plugin_manager().hook
+    hooks = load_plugins()
     epoch = source_date_epoch()
     best: int | None = None
     for run in range(SEED_RUNS):
@@ -362,7 +362,7 @@ def bench_baseline(plan: Plan, work: Path) -> None:
             "installed (apt-get install -y genisoimage)"
         )
         return
-    hooks = make_plugin_manager().hook
+    hooks = load_plugins()
     epoch = source_date_epoch()
     folders: list[tuple[Path, dict[str, bytes]]] = []
     for vm in vms:

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pluggy
-
 from . import __version__, qemuimg
 from .base import BaseImage, inspect_base
 from .bundle import (
@@ -46,11 +44,11 @@ from .domain import domain_xml
 from .errors import BuildError, UserError
 from .golden import build_golden
 from .hostkeys import HostKeySet, generate_host_keys
+from .hosts import hosts_file
 from .inspect import GuestFacts
-from .inventory import hosts_file, known_hosts, ssh_config
 from .log import detail, info, step
 from .plan import Plan, VmPlan, make_plan, to_data
-from .plugins import BUILTIN_PLUGINS, make_plugin_manager
+from .plugins import Plugins, load_plugins
 from .profile import DiskMode, Profile, format_size, json_digest
 from .render import render
 from .seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
@@ -119,7 +117,7 @@ def _check_lab_macs(xml_by_vm: Mapping[str, bytes]) -> None:
             seen[address] = name
 
 
-def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: list[str]) -> str:
+def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: list[Any]) -> str:
     """What a VM's disk is made from, except the lab's hosts (see hosts_inputs)."""
     data = to_data(vm)
     for key in (
@@ -198,14 +196,14 @@ def _unchanged_file(final: Path, name: str, data: bytes) -> bool:
 def build(
     profile: Profile,
     output: Path,
-    hooks: pluggy.HookRelay | None = None,
+    plugins: Plugins | None = None,
     *,
     force: bool = False,
 ) -> BuildResult:
     """Build (or bring up to date) the lab's bundle at ``output/<lab>``."""
-    plan = make_plan(profile)
-    relay = hooks if hooks is not None else make_plugin_manager().hook
-    plugins = list(BUILTIN_PLUGINS)
+    if plugins is None:
+        plugins = load_plugins(profile)
+    plan = make_plan(profile, plugins)
     output = _prepare_output(output)
     final = output / plan.lab
     check_target(final)
@@ -221,7 +219,7 @@ def build(
             detail(f"{base.format.value}, {format_size(base.virtual_size)}, sha256 {base.sha256}")
         epoch = source_date_epoch()
         hosts_digest = hosts_inputs(plan)
-        inputs = {vm.name: disk_inputs(plan, vm, base, final, plugins) for vm in plan.vms}
+        inputs = {vm.name: disk_inputs(plan, vm, base, final, plugins.inputs()) for vm in plan.vms}
 
         def reusable(vm: VmPlan) -> bool:
             old = previous.vm(vm.name) if previous else None
@@ -240,13 +238,13 @@ def build(
         ]
         facts = previous.guest if previous is not None and not make else None
 
-        seeds = {vm.name: seed_iso_bytes(seed_files(plan, vm, relay), epoch) for vm in plan.vms}
-        xmls = {vm.name: domain_xml(plan, vm, str(final), relay) for vm in plan.vms}
+        seeds = {vm.name: seed_iso_bytes(seed_files(plan, vm, plugins), epoch) for vm in plan.vms}
+        xmls = {vm.name: domain_xml(plan, vm, str(final), plugins) for vm in plan.vms}
         _check_lab_macs(xmls)
 
         if facts is not None and not refresh:
             built = _lab_files(
-                plan, facts, relay, final, base, previous, inputs, hosts_digest, seeds, xmls, {}
+                plan, facts, plugins, final, base, previous, inputs, hosts_digest, seeds, xmls, {}
             )
             if all(
                 _unchanged_file(final, vm.seed.file, seeds[vm.name])
@@ -255,6 +253,7 @@ def build(
             ) and all(_unchanged_file(final, name, data) for name, data in built.items()):
                 info(f"‣ {plan.lab} is up to date: nothing to do")
                 manifest = json.loads((final / MANIFEST).read_text())
+                plugins.build_finished(plan, final, manifest)
                 return BuildResult(final, plan, manifest, (), False)
 
         _check_space(output, make, base)
@@ -284,7 +283,7 @@ def build(
                         edit,
                         {vm.name: stage / vm.disk.file for vm in edit},
                         base,
-                        relay,
+                        plugins,
                         lambda: keys_future.result(),
                         hosts_only={vm.name for vm in refresh},
                     )
@@ -303,7 +302,7 @@ def build(
                 files = _lab_files(
                     plan,
                     facts,
-                    relay,
+                    plugins,
                     final,
                     base,
                     previous,
@@ -321,6 +320,7 @@ def build(
                 manifest = json.loads(files[MANIFEST])
             with step(f"Publishing {final}"):
                 publish(stage, final)
+    plugins.build_finished(plan, final, manifest)
     return BuildResult(final, plan, manifest, tuple(vm.name for vm in make), True)
 
 
@@ -343,7 +343,7 @@ def _start_host_keys(vms: list[VmPlan]) -> Future[dict[str, HostKeySet]]:
 def _lab_files(
     plan: Plan,
     facts: GuestFacts,
-    hooks: pluggy.HookRelay,
+    plugins: Plugins,
     final: Path,
     base: BaseImage,
     previous: Previous | None,
@@ -354,8 +354,8 @@ def _lab_files(
     new_keys: Mapping[str, Mapping[str, str]],
     stage: Path | None = None,
 ) -> dict[str, bytes]:
-    """plan.json, define.sh, inventory/*, manifest.json and SHA256SUMS, as bytes."""
-    full = with_operations(plan, facts, hooks)
+    """plan.json, define.sh, the plugins' files, manifest.json and SHA256SUMS, as bytes."""
+    full = with_operations(plan, facts, plugins)
     public: dict[str, Mapping[str, str]] = {}
     for vm in plan.vms:
         if vm.name in new_keys:
@@ -366,9 +366,7 @@ def _lab_files(
     files: dict[str, bytes] = {
         "plan.json": full.to_json().encode(),
         "define.sh": render("define.sh.j2", lab=plan, root=str(final)).encode(),
-        "inventory/hosts": hosts_file(plan).encode(),
-        "inventory/known_hosts": known_hosts(plan, public).encode(),
-        "inventory/ssh_config": ssh_config(plan, str(final)).encode(),
+        **plugins.bundle_files(full, str(final), public),
     }
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     for vm in plan.vms:

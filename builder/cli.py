@@ -10,6 +10,7 @@ import functools
 import json
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -105,6 +106,8 @@ def reporting(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except VmbuildError as err:
+            if err.__cause__ is not None and log.verbosity() >= 2:
+                traceback.print_exception(err.__cause__, file=sys.stderr)
             for line in err.lines():
                 print(f"vmbuild: error: {line}", file=sys.stderr)
             raise typer.Exit(int(err.exit_code)) from None
@@ -170,16 +173,19 @@ def validate(
         bool,
         typer.Option("--no-base", help="Skip the checks that read the golden image."),
     ] = False,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Check a profile and its golden image without building anything.
 
     Reports every problem at once, each with its place (`vm "slave3": ip ...`), and
-    exits 2 if there is any.
+    exits 2 if there is any. The lab's plugins are loaded and their checks run too.
     """
     from .base import inspect_base
+    from .plugins import load_plugins
 
+    log.set_verbosity(1 + verbose)
     loaded = _load(profile, overrides, base)
-    plan = make_plan(loaded)
+    plan = make_plan(loaded, load_plugins(loaded))
     if not no_base:
         inspect_base(loaded, plan)
     log.info(f"{profile}: OK, lab {plan.lab!r} with {len(plan.vms)} VMs")
@@ -200,6 +206,7 @@ def plan_command(
             "VM's disk operations.",
         ),
     ] = False,
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Show what a build would make: each VM's identity, devices and files.
 
@@ -207,19 +214,53 @@ def plan_command(
     byte with --json) on any machine. With --inspect it also reads the golden image
     and lists the edits each VM's disk gets.
     """
+    from .plugins import load_plugins
+
+    log.set_verbosity(1 + verbose)
     loaded = _load(profile, overrides, base)
-    plan = make_plan(loaded)
+    plugins = load_plugins(loaded)
+    plan = make_plan(loaded, plugins)
     if inspect:
         from .base import inspect_base
         from .customize import inspect_only, with_operations
-        from .plugins import make_plugin_manager
 
         facts = inspect_only(inspect_base(loaded, plan))
-        plan = with_operations(plan, facts, make_plugin_manager().hook)
+        plan = with_operations(plan, facts, plugins)
     if as_json:
         sys.stdout.write(plan.to_json())
     else:
         _print_plan(plan)
+
+
+@app.command("plugins")
+@reporting
+def plugins_command(
+    profile: ProfileArg,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """List the plugins a build of this lab loads, in the order they are called.
+
+    For each: its name, where it comes from (builtin, entry point and its
+    distribution, file, module) and the hooks it implements. Plugins named in
+    VMBUILD_DISABLE_PLUGINS (comma-separated) are listed as disabled.
+    """
+    from .plugins import load_plugins
+
+    log.set_verbosity(1 + verbose)
+    loaded = _load(profile, overrides, None)
+    plugins = load_plugins(loaded, check=False)
+    if as_json:
+        print(json.dumps([info.to_data() for info in plugins.infos], indent=2))
+        return
+    for info in plugins.infos:
+        origin = info.origin if info.origin != info.name else ""
+        print(f"{info.name}  ({info.source}{', ' + origin if origin else ''})")
+        if info.disabled:
+            print("    disabled by VMBUILD_DISABLE_PLUGINS")
+        for hook in info.hooks:
+            print(f"    {hook}")
 
 
 @app.command()

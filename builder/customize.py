@@ -11,8 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import pluggy
+from typing import TYPE_CHECKING
 
 from .appliance import Appliance
 from .base import BaseImage
@@ -22,6 +21,9 @@ from .hostkeys import HostKeySet
 from .inspect import GuestFacts, NetStack, device_map_for, inspect_golden, mount_all
 from .log import detail, info, warn
 from .plan import Plan, VmPlan
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
 
 #: Drives per appliance launch. One handle takes up to 255; past a few dozen the
 #: appliance's memory and udev settle time grow, so big labs go in chunks.
@@ -35,30 +37,21 @@ class Customized:
 
 
 def plan_operations(
-    lab: Plan, vm: VmPlan, facts: GuestFacts, hooks: pluggy.HookRelay
+    lab: Plan, vm: VmPlan, facts: GuestFacts, plugins: Plugins
 ) -> tuple[Operation, ...]:
     """Every plugin's operations for one VM, in plugin order, then by phase."""
-    results = hooks.vmbuild_disk_operations(lab=lab, vm=vm, guest=facts)
-    operations: list[Operation] = []
-    for result in reversed(list(results)):  # pluggy calls the newest plugin first
-        for operation in result or ():
-            if not isinstance(operation, Operation):
-                raise BuildError(
-                    f"{vm.place}: a plugin's vmbuild_disk_operations returned "
-                    f"{type(operation).__name__}, not an Operation"
-                )
-            operations.append(operation)
-    return tuple(ordered(operations))
+    return tuple(ordered(plugins.disk_operations(lab, vm, facts)))
 
 
-def with_operations(lab: Plan, facts: GuestFacts, hooks: pluggy.HookRelay) -> Plan:
+def with_operations(lab: Plan, facts: GuestFacts, plugins: Plugins) -> Plan:
     """The plan with the golden image's facts and every VM's disk operations in it."""
     return replace(
         lab,
         guest=facts,
         vms=tuple(
             replace(
-                vm, operations=tuple(op.to_data() for op in plan_operations(lab, vm, facts, hooks))
+                vm,
+                operations=tuple(op.to_data() for op in plan_operations(lab, vm, facts, plugins)),
             )
             for vm in lab.vms
         ),
@@ -100,7 +93,7 @@ def customize(
     vms: Sequence[VmPlan],
     disks: Mapping[str, Path],
     base: BaseImage,
-    hooks: pluggy.HookRelay,
+    plugins: Plugins,
     host_keys: Callable[[], Mapping[str, HostKeySet]],
     hosts_only: Set[str] = frozenset(),
 ) -> Customized:
@@ -128,7 +121,7 @@ def customize(
             keys = host_keys()
             for vm in chunk:
                 where = f"{vm.place} (disk {disks[vm.name]})"
-                ops = plan_operations(lab, vm, facts, hooks)
+                ops = plan_operations(lab, vm, facts, plugins)
                 operations[vm.name] = ops
                 if vm.name in hosts_only:
                     ops = tuple(op for op in ops if getattr(op, "path", None) == "/etc/hosts")

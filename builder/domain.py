@@ -4,13 +4,15 @@ plugins as an element tree, checked, and serialised the same way every time."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-
-import pluggy
+from typing import TYPE_CHECKING
 
 from .errors import BuildError
 from .plan import Plan, VmPlan
 from .profile import Bus
 from .render import render
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
 
 
 def render_domain(lab: Plan, vm: VmPlan, root: str) -> ET.Element:
@@ -37,9 +39,9 @@ def check_domain(vm: VmPlan, domain: ET.Element) -> None:
         raise BuildError(f"{where}: a MAC address is used twice")
 
 
-def domain_xml(lab: Plan, vm: VmPlan, root: str, hooks: pluggy.HookRelay) -> bytes:
+def domain_xml(lab: Plan, vm: VmPlan, root: str, plugins: Plugins) -> bytes:
     domain = render_domain(lab, vm, root)
-    hooks.vmbuild_domain_xml(lab=lab, vm=vm, domain=domain)
+    plugins.domain_xml(lab, vm, domain)
     check_domain(vm, domain)
     ET.indent(domain, space="  ")
     return ET.tostring(domain, encoding="unicode").encode() + b"\n"

@@ -1,16 +1,30 @@
-"""The hooks a vmbuild plugin can implement.
+"""The hooks a vmbuild plugin can implement, one per stage of a build.
 
-Every hook is prefixed ``vmbuild_``. Hooks that *return data* are preferred: vmbuild
-collects the results of all plugins and merges them in a fixed order (built-in
-plugins first, then installed ones, then the lab's own, in the order the profile
-lists them), so a lab plugin can extend or override what a built-in produced.
+Every hook is prefixed ``vmbuild_``. Hooks *return data* that vmbuild combines; only
+``vmbuild_domain_xml`` changes an object in place. Plugins are called in a fixed
+order: the built-in plugins first, then installed ones (entry-point group
+``vmbuild``), then the lab's own in the order the profile lists them. So a lab
+plugin sees, extends and may override what a built-in produced.
 
-Merging rule for mappings ("deep-merged"): nested mappings merge key by key, lists
-are concatenated, and any other value from a later plugin replaces the earlier one.
+How results combine:
+
+- *deep-merged*: nested mappings merge key by key, lists are concatenated, and any
+  other value from a later plugin replaces the earlier one;
+- *concatenated*: lists are joined in plugin order;
+- *called in turn*: every plugin's implementation runs, in plugin order.
+
+No hook is ``firstresult`` and vmbuild does not support hook wrappers: it calls each
+implementation itself, so that an exception names the plugin, the hook and the VM.
+A plugin may accept any subset of a hook's arguments, by name.
+
+Hooks must be deterministic: the same profile and golden image must give the same
+results, or rebuilds are no longer byte-identical.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree.ElementTree import Element
 
@@ -18,8 +32,10 @@ import pluggy
 
 if TYPE_CHECKING:
     from .diskops import Operation
+    from .errors import Problem
     from .inspect import GuestFacts
     from .plan import Plan, VmPlan
+    from .profile import Profile
 
 PROJECT = "vmbuild"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -28,28 +44,89 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def vmbuild_user_data(lab: Plan, vm: VmPlan) -> dict[str, Any] | None:
+def vmbuild_check_profile(profile: Profile) -> Iterable[Problem] | None:
+    """Check a profile beyond vmbuild's own rules.
+
+    Fires once, after the profile was loaded and passed vmbuild's own checks, before
+    anything is planned (``vmbuild plan``, ``validate`` and ``build``).
+
+    :param profile: the loaded profile (``vmbuild.profile.Profile``).
+    :return: problems as ``vmbuild.errors.Problem(place, message, hint)``, or None.
+        All plugins' problems are collected and reported together, each on its own
+        line with its place, exactly like vmbuild's own checks (exit status 2).
+    """
+
+
+@hookspec
+def vmbuild_plan_vm(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
+    """Annotate a VM's plan with data of the plugin's own.
+
+    Fires once per VM, after vmbuild derived every VM's identity (MAC, UUID, ports,
+    paths), in ``vmbuild plan`` and every build. Identity itself cannot be changed.
+
+    :param lab: the whole lab's plan, before any annotation.
+    :param vm: the VM being planned.
+    :return: a JSON-able mapping, or None. All results are deep-merged in plugin
+        order into ``vm.extra``, which later hooks read, ``plan.json`` records, and
+        which counts as an input of the VM's disk (a change rebuilds it).
+    """
+
+
+@hookspec
+def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation] | None:
+    """Edits to make inside a VM's disk, as ``vmbuild.diskops.Operation`` objects.
+
+    Fires once per VM, after the golden image was inspected and before the VM's disk
+    is opened; the operations are listed by ``vmbuild plan --inspect``.
+
+    :param lab: the whole lab's plan.
+    :param vm: the VM whose disk this is.
+    :param guest: what inspection found in the golden image: distro, version,
+        network stack (``guest.network``), init system, cloud-init.
+    :return: a list of operations, or None. All lists are concatenated in plugin
+        order, then ordered by phase (clean-up first, passwords last) and applied.
+    """
+
+
+@hookspec
+def vmbuild_user_data(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
     """Contribute to a VM's cloud-init ``user-data`` (the ``#cloud-config`` mapping).
 
     Fires once per VM while the build writes the VM's seed ISO.
 
     :param lab: the whole lab's plan.
     :param vm: the VM whose seed is being written.
-    :return: a mapping to deep-merge into the user-data, or None.
-        All results are collected and deep-merged in plugin order.
+    :return: a mapping, or None. All results are deep-merged in plugin order.
     """
 
 
 @hookspec
-def vmbuild_network_config(lab: Plan, vm: VmPlan) -> dict[str, Any] | None:
+def vmbuild_network_config(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
     """Contribute to a VM's cloud-init ``network-config`` (version 2).
 
-    Fires once per VM while the build writes the VM's seed ISO.
+    Fires once per VM while the build writes the VM's seed ISO, after user-data.
 
     :param lab: the whole lab's plan.
     :param vm: the VM whose seed is being written.
-    :return: a mapping to deep-merge into the network-config, or None.
-        All results are collected and deep-merged in plugin order.
+    :return: a mapping, or None. All results are deep-merged in plugin order.
+    """
+
+
+@hookspec
+def vmbuild_seed_files(lab: Plan, vm: VmPlan) -> Mapping[str, bytes | str] | None:
+    """Extra files for a VM's NoCloud seed ISO, beside meta-data, user-data and
+    network-config.
+
+    Fires once per VM while the build writes the VM's seed ISO, after
+    network-config.
+
+    :param lab: the whole lab's plan.
+    :param vm: the VM whose seed is being written.
+    :return: file name -> contents (str is written as UTF-8), or None. Names are
+        plain file names at the ISO's root: letters, digits, ``.``, ``_`` and ``-``,
+        at most 30 characters. All results are merged in plugin order; a later
+        plugin's file replaces an earlier one of the same name. The three NoCloud
+        files themselves come only from their own hooks.
     """
 
 
@@ -62,21 +139,43 @@ def vmbuild_domain_xml(lab: Plan, vm: VmPlan, domain: Element) -> None:
     :param lab: the whole lab's plan.
     :param vm: the VM whose domain this is.
     :param domain: the ``<domain>`` element; change it in place.
-    :return: nothing. Every plugin's implementation is called, in plugin order.
+    :return: nothing. Every plugin is called in turn, in plugin order; vmbuild then
+        checks the result (name, MACs, VNC port) as for its own XML.
     """
 
 
 @hookspec
-def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation] | None:
-    """Edits to make inside a VM's disk, as ``vmbuild.diskops.Operation`` objects.
+def vmbuild_bundle_files(
+    lab: Plan, root: str, host_keys: Mapping[str, Mapping[str, str]]
+) -> Mapping[str, bytes | str] | None:
+    """Extra files for the lab's bundle, such as the inventory.
 
-    Fires once per VM, after the golden image was inspected and before the VM's disk
-    is opened; the operations are listed by ``vmbuild plan --inspect --json``.
+    Fires once per build, after every disk was written, while the build writes the
+    manifest (and once more when checking whether an unchanged lab is up to date).
+
+    :param lab: the whole lab's plan, with the golden image's facts (``lab.guest``)
+        and every VM's disk operations.
+    :param root: the bundle's final, absolute folder.
+    :param host_keys: VM name -> key type -> public key line of the SSH host keys
+        in that VM's disk.
+    :return: path relative to the bundle -> contents (str is written as UTF-8), or
+        None. All results are merged in plugin order; a later plugin's file replaces
+        an earlier one of the same path. Paths may not leave the bundle nor replace
+        vmbuild's own files (``manifest.json``, ``SHA256SUMS``, ``plan.json``,
+        ``define.sh``, ``vms/``). Every file is listed in ``SHA256SUMS``.
+    """
+
+
+@hookspec
+def vmbuild_build_finished(lab: Plan, bundle: Path, manifest: Mapping[str, Any]) -> None:
+    """The build is over and the bundle is in place.
+
+    Fires once per successful build, after the bundle was published, or after vmbuild
+    found that the lab was up to date. Not called when the build failed.
 
     :param lab: the whole lab's plan.
-    :param vm: the VM whose disk this is.
-    :param guest: what inspection found in the golden image: distro, version,
-        network stack (``guest.network``), init system, cloud-init.
-    :return: a list of operations, or None. All lists are concatenated in plugin
-        order, then ordered by phase (clean-up first, passwords last) and applied.
+    :param bundle: the bundle's folder.
+    :param manifest: the bundle's ``manifest.json``, as data.
+    :return: nothing. Every plugin is called in turn, in plugin order. An exception
+        here is reported, but the bundle stays published.
     """

@@ -15,6 +15,10 @@ def set_verbosity(level: int) -> None:
     _state["verbosity"] = level
 
 
+def verbosity() -> int:
+    return _state["verbosity"]
+
+
 def info(message: str) -> None:
     if _state["verbosity"] >= 1:
         print(message, file=sys.stderr, flush=True)

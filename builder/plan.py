@@ -13,8 +13,9 @@ import hashlib
 import ipaddress
 import json
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .errors import Problem, ProfileError
 from .inspect import GuestFacts
@@ -33,6 +34,9 @@ from .profile import (
     VmSpec,
     find_duplicates,
 )
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
 
 PLAN_FORMAT = 1
 #: Namespace for derived domain UUIDs: uuid5(URL namespace, "https://vmbuild.dev/uuid").
@@ -97,6 +101,8 @@ class VmPlan:
     user: Account | None
     #: The disk operations planned for this VM (filled by inspection, else empty).
     operations: tuple[dict[str, Any], ...] = ()
+    #: Plugins' own data about this VM (``vmbuild_plan_vm``), JSON-able.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def folder(self) -> str:
@@ -232,8 +238,9 @@ def _devices(spec: VmSpec, problems: list[Problem]) -> tuple[DiskPlan, SeedPlan]
     return disk, seed
 
 
-def make_plan(profile: Profile) -> Plan:
-    """Derive MAC, UUID, instance-id, VNC port and paths for every VM."""
+def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
+    """Derive MAC, UUID, instance-id, VNC port and paths for every VM; then let the
+    plugins annotate each VM (``vmbuild_plan_vm``)."""
     problems: list[Problem] = []
     net = profile.network
     network = NetworkPlan(
@@ -296,7 +303,7 @@ def make_plan(profile: Profile) -> Plan:
     find_duplicates(add, vms, "uuid", lambda vm: vm.uuid)
     if problems:
         raise ProfileError(str(profile.path), problems)
-    return Plan(
+    plan = Plan(
         format=PLAN_FORMAT,
         lab=profile.name,
         seed=profile.seed,
@@ -307,6 +314,12 @@ def make_plan(profile: Profile) -> Plan:
         network=network,
         plugins=profile.plugins,
         vms=tuple(vms),
+    )
+    if plugins is None:
+        return plan
+    return dataclasses.replace(
+        plan,
+        vms=tuple(dataclasses.replace(vm, extra=plugins.plan_vm(plan, vm)) for vm in plan.vms),
     )
 
 
@@ -361,6 +374,7 @@ def _vm_from(data: dict[str, Any]) -> VmPlan:
             "root": _account_from(data["root"]),
             "user": _account_from(data["user"]),
             "operations": tuple(data.get("operations", ())),
+            "extra": data.get("extra", {}),
         }
     )
 

@@ -9,20 +9,22 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import threading
 import time as _time
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pluggy
 import pycdlib
 import yaml
 
 from .errors import BuildError, UserError
 from .plan import Plan, VmPlan
-from .plugins import merged
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
 
 VOLUME_ID = "cidata"
 #: The order files appear on the ISO and in listings.
@@ -51,16 +53,29 @@ def dump_yaml(data: Mapping[str, Any]) -> str:
     )
 
 
-def seed_files(lab: Plan, vm: VmPlan, hooks: pluggy.HookRelay) -> dict[str, bytes]:
-    """The NoCloud files for one VM, built as data and dumped as YAML."""
-    user_data = merged(hooks.vmbuild_user_data(lab=lab, vm=vm), "vmbuild_user_data")
-    network = merged(hooks.vmbuild_network_config(lab=lab, vm=vm), "vmbuild_network_config")
+def seed_files(lab: Plan, vm: VmPlan, plugins: Plugins) -> dict[str, bytes]:
+    """The NoCloud files for one VM, built as data and dumped as YAML, then the
+    plugins' extra files."""
+    user_data = plugins.user_data(lab, vm)
+    network = plugins.network_config(lab, vm)
+    extra = plugins.seed_files(lab, vm)
     meta = {"instance-id": vm.instance_id, "local-hostname": vm.hostname}
     return {
         "meta-data": dump_yaml(meta).encode(),
         "user-data": ("#cloud-config\n" + dump_yaml(user_data)).encode(),
         "network-config": dump_yaml(network).encode(),
+        **extra,
     }
+
+
+def iso9660_name(name: str) -> str:
+    """The plain ISO 9660 name under the Rock Ridge and Joliet ones: upper case,
+    one dot before the extension, anything else an underscore."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        stem, extension = name, ""
+    clean = [re.sub(r"[^A-Z0-9_]", "_", part.upper()) for part in (stem, extension)]
+    return f"/{clean[0]}.{clean[1]};1"
 
 
 def source_date_epoch() -> int:
@@ -135,12 +150,18 @@ def seed_iso_bytes(files: Mapping[str, bytes], epoch: int) -> bytes:
             sys_ident="LINUX",
             app_ident_str="VMBUILD",
         )
+        taken: dict[str, str] = {}
         for name, data in files.items():
-            iso9660_name = "/" + name.upper().replace("-", "_") + ".;1"
+            plain = iso9660_name(name)
+            if plain in taken:
+                raise BuildError(
+                    f"seed files {taken[plain]} and {name} have the same ISO 9660 name {plain}"
+                )
+            taken[plain] = name
             iso.add_fp(
                 io.BytesIO(data),
                 len(data),
-                iso9660_name,
+                plain,
                 rr_name=name,
                 joliet_path="/" + name,
             )

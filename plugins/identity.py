@@ -18,8 +18,8 @@ from vmbuild.diskops import (
 )
 from vmbuild.hookspecs import hookimpl
 from vmbuild.hostkeys import KEY_TYPES
+from vmbuild.hosts import hosts_file
 from vmbuild.inspect import GuestFacts
-from vmbuild.inventory import hosts_file
 from vmbuild.plan import Plan, VmPlan
 
 #: What a golden VM leaves behind that no clone may inherit.

@@ -18,7 +18,7 @@ import pycdlib
 import pytest
 from vmbuild.domain import domain_xml
 from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import make_plugin_manager
+from vmbuild.plugins import load_plugins
 from vmbuild.profile import load_profile
 from vmbuild.seed import seed_files, seed_iso_bytes
 
@@ -65,16 +65,17 @@ def iso_listing(data: bytes) -> str:
 
 def render_case(profile_path: Path) -> dict[str, str]:
     """Every generated text of a case, keyed by its path under expected/."""
-    plan = make_plan(load_profile(profile_path))
+    profile = load_profile(profile_path)
+    plugins = load_plugins(profile)
+    plan = make_plan(profile, plugins)
     assert Plan.from_json(plan.to_json()) == plan
-    hooks = make_plugin_manager().hook
     out = {"plan.json": plan.to_json()}
     for vm in plan.vms:
-        files = seed_files(plan, vm, hooks)
+        files = seed_files(plan, vm, plugins)
         for name, data in files.items():
             out[f"vms/{vm.name}/{name}"] = data.decode()
         out[f"vms/{vm.name}/seed-listing.txt"] = iso_listing(seed_iso_bytes(files, 0))
-        xml = domain_xml(plan, vm, f"{ROOT}/{plan.lab}", hooks)
+        xml = domain_xml(plan, vm, f"{ROOT}/{plan.lab}", plugins)
         out[f"vms/{vm.name}/domain.xml"] = xml.decode()
     return out
 

@@ -1,0 +1,21 @@
+"""One more login on every VM: a user with an SSH key and no password, no sudo."""
+
+from __future__ import annotations
+
+from vmbuild.diskops import AuthorizedKeys, EnsureUser, Operation
+from vmbuild.hookspecs import hookimpl
+from vmbuild.inspect import GuestFacts
+from vmbuild.plan import Plan, VmPlan
+
+USER = "audit"
+KEYS = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm6AY2oSZm2fXRGQJ4ZcU5ZBjoGWnP1vFvmKDf0Hk1C audit@lab",
+)
+
+
+@hookimpl
+def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation]:
+    return [
+        EnsureUser(f"Adding the user {USER}", user=USER, sudo=False),
+        AuthorizedKeys(f"Setting {len(KEYS)} authorized SSH keys for {USER}", user=USER, keys=KEYS),
+    ]

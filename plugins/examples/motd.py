@@ -1,0 +1,17 @@
+"""A message of the day in every VM's disk: which lab and machine you logged in to."""
+
+from __future__ import annotations
+
+from vmbuild.diskops import Operation, WriteFile
+from vmbuild.hookspecs import hookimpl
+from vmbuild.inspect import GuestFacts
+from vmbuild.plan import Plan, VmPlan
+
+
+def motd(lab: Plan, vm: VmPlan) -> str:
+    return f"{vm.fqdn} ({vm.ip}): VM {vm.index} of {len(lab.vms)} in lab {lab.lab}\n"
+
+
+@hookimpl
+def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation]:
+    return [WriteFile("Writing /etc/motd", path="/etc/motd", content=motd(lab, vm))]
