@@ -30,7 +30,7 @@ import pluggy
 
 from . import hookspecs
 from .diskops import Operation
-from .errors import BuildError, Problem, ProfileError, UserError
+from .errors import BuildError, Problem, ProfileError, UserError, VmbuildError
 from .log import warn
 
 if TYPE_CHECKING:
@@ -85,12 +85,19 @@ class PluginInfo:
 class PluginError(BuildError):
     """A plugin raised an exception in a hook, or returned what the hook does not take."""
 
-    def __init__(self, plugin: str, hook: str, where: str, message: str) -> None:
+    HINT = "run with -v for the plugin's traceback"
+
+    def __init__(
+        self,
+        plugin: str,
+        hook: str,
+        where: str,
+        message: str,
+        hint: str = "",
+    ) -> None:
         prefix = f"{where}: " if where else ""
-        super().__init__(
-            f'{prefix}plugin "{plugin}" failed in {hook}: {message}',
-            hint="run with -v for the plugin's traceback",
-        )
+        message = f'{prefix}plugin "{plugin}" failed in {hook}: {message}'
+        super().__init__(message, hint=hint or self.HINT)
         self.plugin = plugin
         self.hook = hook
 
@@ -144,6 +151,10 @@ class Plugins:
             args = {name: kwargs[name] for name in (*impl.argnames, *impl.kwargnames)}
             try:
                 result = impl.function(**args)
+            except VmbuildError as err:  # the plugin's own error: its words, its exit code
+                failure = PluginError(impl.plugin_name, hook, where, err.message, err.hint)
+                failure.exit_code = err.exit_code
+                raise failure from err
             except Exception as err:  # a plugin's bug, reported as such
                 raise PluginError(
                     impl.plugin_name, hook, where, f"{type(err).__name__}: {err}"

@@ -423,9 +423,27 @@ def test_exception_in_a_build_publishes_nothing_and_shows_traceback_with_v(
     assert f'File "{tmp_path / "lab" / "bad.py"}", line 3, in vmbuild_user_data' in verbose.err
 
 
-def test_build_errors_are_vmbuild_errors() -> None:
-    assert issubclass(PluginError, BuildError)
-    assert not issubclass(PluginError, UserError)
+def test_a_plugin_raising_a_vmbuild_error_keeps_its_words_and_exit_code(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    source = """\
+        from vmbuild.errors import UserError
+
+        def vmbuild_domain_xml(vm):
+            raise UserError("bridge br-storage is not in the profile", hint="add it")
+        """
+    profile = write_lab(tmp_path, "golden.qcow2", {"nic.py": source})
+    loaded = load_profile(profile)
+    plugins = load_plugins(loaded)
+    plan = make_plan(loaded, plugins)
+    with pytest.raises(PluginError) as caught:
+        plugins.domain_xml(plan, plan.vms[0], ET.Element("domain"))
+    assert isinstance(caught.value, BuildError) and caught.value.exit_code == 2
+    assert caught.value.lines() == [
+        'vm "node1": plugin "nic.py" failed in vmbuild_domain_xml: '
+        "bridge br-storage is not in the profile (add it)"
+    ]
+    assert not isinstance(caught.value, UserError)
 
 
 # ---------------------------------------------------- a whole build with lab plugins
