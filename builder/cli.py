@@ -1,7 +1,8 @@
 """The vmbuild command. Results go to stdout, progress and errors to stderr.
 
 Exit codes: 0 success, 2 bad input (profile, options), 3 build failure,
-4 another build of the lab is running, 130 interrupted, 1 a bug (with traceback).
+4 another build of the lab is running, 5 `check` found a VM that differs from its
+bundle, 130 interrupted, 1 a bug (with traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from . import __version__, log
-from .errors import UserError, VmbuildError
+from .errors import ExitCode, UserError, VmbuildError
 from .plan import Plan, make_plan
 from .profile import Profile, format_size, load_profile
 
@@ -151,6 +152,8 @@ def build(
     log.set_verbosity(0 if quiet else 1 + verbose)
     loaded = _load(profile, overrides, base)
     result = run_build(loaded, output, force=force)
+    if not quiet:
+        _warn_unreachable(result.bundle, result.manifest)
     if as_json:
         print(json.dumps(result.manifest, indent=2))
     else:
@@ -161,6 +164,22 @@ def build(
                 f"{kept} kept); define them with: sh {result.bundle}/define.sh"
             )
         print(result.bundle)
+
+
+def _warn_unreachable(bundle: Path, manifest: dict[str, Any]) -> None:
+    """Say so when libvirt's unprivileged QEMU could not reach the disks or the image
+    behind them: the VMs would be defined but would not start."""
+    from .libvirt import unreachable_for_qemu
+
+    disks = [bundle / vm["artifacts"]["disk"]["file"] for vm in manifest["vms"].values()]
+    blocked = unreachable_for_qemu([*disks[:1], Path(manifest["base"]["path"])])
+    for line in blocked:
+        log.warn(
+            f"{line}, which other users cannot enter: under qemu:///system, libvirt runs "
+            "QEMU as an unprivileged user (libvirt-qemu on Debian), and these VMs would not "
+            "start. Build with another --output or golden image folder, or let others "
+            "enter those folders (chmod o+x)."
+        )
 
 
 @app.command()
@@ -328,6 +347,64 @@ def doctor(
         print(f"{check.name.ljust(width)}  {mark.ljust(7)}  {check.detail}")
     if any(check.required and not check.ok for check in checks):
         raise typer.Exit(3)
+
+
+@app.command()
+@reporting
+def check(
+    bundle: Annotated[
+        Path,
+        typer.Argument(
+            metavar="BUNDLE",
+            help="A built lab's folder (OUTPUT/<lab>), with its manifest.json.",
+            show_default=False,
+        ),
+    ],
+    connect: Annotated[
+        str | None,
+        typer.Option(
+            "--connect",
+            "-c",
+            metavar="URI",
+            help="libvirt connection, e.g. qemu:///system (default: virsh's own).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            help=(
+                "Give VMs that long to start their guest agent and finish cloud-init "
+                "(for VMs just started; a boot under TCG takes a minute or two)."
+            ),
+        ),
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that a bundle's running VMs are the machines it describes.
+
+    Each VM's QEMU guest agent is asked, from inside the guest, for its hostname,
+    the IPv4 address of the NIC with the VM's MAC, /etc/machine-id, the SSH host keys
+    in /etc/ssh and `cloud-init status`. They are compared with the bundle's
+    manifest.json and inventory/known_hosts, and machine-ids and host keys must
+    differ between VMs. Prints a table, one row per VM; exits 5 when any VM differs
+    (or is not running, or its agent does not answer).
+    """
+    from .check import check_bundle, table
+    from .libvirt import Virsh
+
+    log.info(f"‣ Checking the VMs of {bundle}" + (f" (waiting up to {wait:.0f}s)" if wait else ""))
+    reports = check_bundle(bundle, Virsh(connect), wait, progress=log.info)
+    ok = all(report.ok for report in reports)
+    if as_json:
+        print(json.dumps({"bundle": str(bundle), "ok": ok, "vms": [r.to_json() for r in reports]}))
+    else:
+        print(table(reports))
+    if not ok:
+        raise typer.Exit(int(ExitCode.MISMATCH))
 
 
 def _print_plan(plan: Plan) -> None:

@@ -21,6 +21,8 @@ class ExitCode(enum.IntEnum):
     BUILD = 3
     #: Another build of the same lab holds the lock.
     BUSY = 4
+    #: `vmbuild check`: a running VM differs from its bundle.
+    MISMATCH = 5
 
 
 @dataclass(frozen=True)

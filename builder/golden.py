@@ -147,7 +147,18 @@ class GoldenRecipe:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: Where root keeps golden images: a system folder that libvirt's unprivileged QEMU
+#: user (Debian's libvirt-qemu) can reach, unlike root's home (mode 0700), since
+#: every VM disk is an overlay that reads its golden image at run time.
+SYSTEM_CACHE = Path("/var/cache/vmbuild")
+
+
 def default_cache() -> Path:
+    """``$VMBUILD_CACHE``, else /var/cache/vmbuild for root, else the XDG cache."""
+    if explicit := os.environ.get("VMBUILD_CACHE"):
+        return Path(explicit)
+    if os.geteuid() == 0 and not os.environ.get("XDG_CACHE_HOME"):
+        return SYSTEM_CACHE
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "vmbuild"
 
@@ -655,6 +666,9 @@ def build_golden(
     folder = image.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        for made in (folder.parent, folder):  # searchable whatever the umask
+            if made.stat().st_uid == os.geteuid():
+                made.chmod(made.stat().st_mode | 0o755)
     except OSError as err:
         raise UserError(f"cannot make the cache folder {folder}: {err.strerror}") from err
     _preflight(recipe, folder)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from debiangolden import Built, build_once
 from vmbuild import cli, log
 from vmbuild.appliance import kvm_usable
 
@@ -18,6 +19,21 @@ from vmbuild.appliance import kvm_usable
 os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
 if not kvm_usable()[0]:
     os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+
+
+@pytest.fixture(scope="session")
+def debian_golden() -> Iterator[Built]:
+    """A real Debian golden image from Debian's packages (slow: a few minutes), built
+    once per test run and shared; skipped where it cannot be built."""
+    yield from build_once()
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> None:
+    """The system libvirtd answers (skip, or fail under .ci/run, when it does not)."""
+    from libvirthelp import require_libvirtd
+
+    require_libvirtd()
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,10 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from debiangolden import Built, require_builder
 from vmbuild import golden
 from vmbuild.appliance import kvm_usable
 from vmbuild.errors import BuildError, UserError
@@ -56,12 +55,27 @@ def test_each_input_changes_the_path(other: GoldenRecipe, tmp_path: Path) -> Non
 
 def test_path_layout_and_default_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     recipe = GoldenRecipe(mirror=MIRROR)
+    monkeypatch.delenv("VMBUILD_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     path = golden_path(recipe)
     assert path == tmp_path / "xdg/vmbuild/golden" / (
         f"debian-bookworm-{recipe.digest()[:16]}.qcow2"
     )
     assert golden_path(recipe, tmp_path / "c").parent == tmp_path / "c/golden"
+
+
+def test_root_caches_where_libvirts_qemu_can_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    recipe = GoldenRecipe(mirror=MIRROR)
+    monkeypatch.delenv("VMBUILD_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert golden_path(recipe).parent == Path("/var/cache/vmbuild/golden")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert golden_path(recipe).parent == Path.home() / ".cache/vmbuild/golden"
+    monkeypatch.setenv("VMBUILD_CACHE", str(tmp_path / "mine"))
+    assert golden_path(recipe).parent == tmp_path / "mine/golden"
 
 
 @pytest.mark.parametrize(
@@ -124,47 +138,14 @@ def test_cached_image_must_match_its_sha256(tmp_path: Path) -> None:
 # Slow: a real build and a real boot
 
 
-@dataclass(frozen=True)
-class Built:
-    recipe: GoldenRecipe
-    cache: Path
-    path: Path
-    sha256: str
-    seconds: float
-    log: tuple[str, ...]
-
-
-def _mirror_reachable(mirror: str, release: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{mirror}/dists/{release}/Release", timeout=15) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def can_build() -> None:
-    """Skip unless this host can build: root, the tools, and the Debian mirror."""
-    if os.geteuid() != 0:
-        pytest.skip("building a golden image needs root (debootstrap)")
-    for tool in ("debootstrap", "qemu-img", "qemu-system-x86_64"):
-        if golden._which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    mirror = GoldenRecipe().resolved_mirror()
-    if not _mirror_reachable(mirror, "bookworm"):
-        pytest.skip(f"the Debian mirror {mirror} is not reachable")
+    require_builder()
 
 
 @pytest.fixture(scope="module")
-def built(can_build: None, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    recipe = GoldenRecipe()
-    cache = tmp_path_factory.mktemp("cache")
-    log: list[str] = []
-    start = time.monotonic()
-    path, sha = build_golden(recipe, cache, progress=log.append)
-    seconds = time.monotonic() - start
-    print("\n".join(log))
-    return Built(recipe, cache, path, sha, seconds, tuple(log))
+def built(debian_golden: Built) -> Built:
+    return debian_golden
 
 
 @pytest.mark.slow

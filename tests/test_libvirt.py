@@ -8,7 +8,6 @@ libvirtd fails these tests instead of skipping them.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 import xml.etree.ElementTree as ET
@@ -16,37 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from libvirthelp import URI, need, virsh
 from vmbuild.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-URI = "qemu:///system"
-REQUIRED = os.environ.get("VMBUILD_REQUIRE_LIBVIRT") == "1"
-
-
-def _need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        if REQUIRED:
-            pytest.fail(f"{tool} is not installed")
-        pytest.skip(f"{tool} is not installed")
-
-
-def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=60
-    )
-
-
-@pytest.fixture(scope="module")
-def libvirtd() -> None:
-    _need("virsh")
-    probe = subprocess.run(
-        ["virsh", "-c", URI, "version"], capture_output=True, text=True, timeout=30
-    )
-    if probe.returncode != 0:
-        message = f"no libvirtd at {URI}: {probe.stderr.strip()}"
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _domain_type() -> str:
@@ -62,7 +34,7 @@ def _all_generated_xml() -> list[Path]:
     "xml", _all_generated_xml(), ids=lambda p: str(p.relative_to(REPO / "tests" / "golden"))
 )
 def test_golden_xml_passes_virt_xml_validate(xml: Path) -> None:
-    _need("virt-xml-validate")
+    need("virt-xml-validate")
     result = subprocess.run(
         ["virt-xml-validate", str(xml), "domain"], capture_output=True, text=True
     )
@@ -98,7 +70,7 @@ def reference_bundle(tmp_path: Path, golden: Path) -> Iterator[Path]:
 
 @pytest.mark.libvirt
 def test_reference_lab_defines_on_real_libvirt(libvirtd: None, reference_bundle: Path) -> None:
-    _need("virt-xml-validate")
+    need("virt-xml-validate")
     xmls = sorted(reference_bundle.glob("vms/*/domain.xml"))
     assert len(xmls) == 8
     names = [ET.parse(x).findtext("name") or "" for x in xmls]
