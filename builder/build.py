@@ -366,6 +366,11 @@ def _lab_files(
     files: dict[str, bytes] = {
         "plan.json": full.to_json().encode(),
         "define.sh": render("define.sh.j2", lab=plan, root=str(final)).encode(),
+        **(
+            {"network.xml": render("network.xml.j2", net=plan.network).encode()}
+            if plan.network.create
+            else {}
+        ),
         **plugins.bundle_files(full, str(final), public),
     }
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}

@@ -541,27 +541,48 @@ class _Guest:
         return out
 
 
-def _install_grub(g: _Guest, disk: str, progress: Progress) -> None:
-    """grub-install, with one more attempt after a pause if the first one fails.
+#: Appliance launches that may try grub-install before the build gives up.
+GRUB_ATTEMPTS = 3
 
-    grub-install probes the disk through the appliance's /dev and /sys, which the
-    appliance's udev is still updating for a while after the disk was partitioned;
-    one failed run here has been seen to leave no message at all. The first
-    failure's output is shown, and a second failure is final and reports both.
+
+def _install_boot(image: Path, uuid: str, progress: Progress) -> None:
+    """GRUB into the MBR and grub.cfg, in an appliance of its own.
+
+    Run in the appliance that had just partitioned the disk and filled it, grub-install
+    now and then took the disk for a partitionless one holding ext2 ("embedding is
+    not possible, but this is required for cross-disk install"), and kept doing so
+    for the rest of that appliance's life; in a fresh appliance, where the kernel
+    read the partition table at boot, it has not. So GRUB gets an appliance of its
+    own, and a failure is retried in a new one, showing each failure's output.
     """
-    command = f"grub-install --target=i386-pc {disk}"
-    try:
-        g.sh("installing GRUB", command)
-    except ApplianceTimeout:
-        raise
-    except ApplianceError as first:
-        progress(f"  grub-install failed, trying once more in 10 s: {first}")
-        time.sleep(10)
-        g.call("syncing", g.h.sync)
-        try:
-            g.sh("installing GRUB (second attempt)", command)
-        except ApplianceError as second:
-            raise BuildError(f"{second}\nthe first attempt: {first}") from None
+    failures: list[str] = []
+    for attempt in range(1, GRUB_ATTEMPTS + 1):
+        with Appliance() as app:
+            app.add(image, "qcow2", readonly=False)
+            app.launch()
+            g = _Guest(app)
+            disk = app.device(0)
+            g.call("mounting the filesystem", g.h.mount, f"{disk}1", "/")
+            try:
+                g.sh("installing GRUB", f"grub-install --target=i386-pc {disk}")
+            except ApplianceTimeout:
+                raise
+            except ApplianceError as err:
+                failures.append(f"attempt {attempt}: {err}")
+                progress(f"  grub-install failed (attempt {attempt} of {GRUB_ATTEMPTS}): {err}")
+                g.call("unmounting", g.h.umount_all)
+                continue
+            g.sh("writing grub.cfg", "update-grub")
+            grub_cfg: str = g.call("reading grub.cfg", g.h.cat, "/boot/grub/grub.cfg")
+            if f"root=UUID={uuid}" not in grub_cfg or "console=ttyS0" not in grub_cfg:
+                raise BuildError(
+                    "update-grub wrote a grub.cfg without root=UUID and the serial console"
+                )
+            g.call("syncing", g.h.sync)
+            g.call("unmounting", g.h.umount_all)
+            g.call("shutting the appliance down", g.h.shutdown)
+            return
+    raise BuildError("grub-install failed in every attempt:\n" + "\n".join(failures))
 
 
 def _make_disk(recipe: GoldenRecipe, image: Path, tarball: Path, progress: Progress) -> None:
@@ -633,17 +654,11 @@ def _make_disk(recipe: GoldenRecipe, image: Path, tarball: Path, progress: Progr
             "echo 'grub-pc grub-pc/install_devices multiselect /dev/vda' | debconf-set-selections",
         )
 
-        progress(f"  installing GRUB on {disk}")
-        _install_grub(g, disk, progress)
-        g.sh("writing grub.cfg", "update-grub")
-        grub_cfg: str = g.call("reading grub.cfg", h.cat, "/boot/grub/grub.cfg")
-        if f"root=UUID={uuid}" not in grub_cfg or "console=ttyS0" not in grub_cfg:
-            raise BuildError(
-                "update-grub wrote a grub.cfg without root=UUID and the serial console"
-            )
         g.call("syncing", h.sync)
         g.call("unmounting", h.umount_all)
         g.call("shutting the appliance down", h.shutdown)
+    progress("  installing GRUB and writing grub.cfg")
+    _install_boot(image, uuid, progress)
 
 
 def build_golden(

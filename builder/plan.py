@@ -121,6 +121,8 @@ class NetworkPlan:
     gateway: str | None
     dns: tuple[str, ...]
     search: tuple[str, ...]
+    #: The bundle carries network.xml, and define.sh creates the network if missing.
+    create: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: Ne
         "fqdn": fqdn,
         "mac": mac,
         "ip": str(spec.ip),
-        "network": to_data(network),
+        # Where the network comes from is not something the guest sees.
+        "network": {k: v for k, v in to_data(network).items() if k != "create"},
         "root": _account_data(spec.root),
         "user": _account_data(spec.user),
     }
@@ -250,6 +253,7 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
         gateway=None if net.gateway is None else str(net.gateway),
         dns=tuple(str(address) for address in net.dns),
         search=net.search,
+        create=net.create,
     )
     taken_macs = {spec.mac for spec in profile.vms if spec.mac}
     vms = []
@@ -410,6 +414,7 @@ def _plan_from_data(data: dict[str, Any]) -> Plan:
             gateway=net["gateway"],
             dns=tuple(net["dns"]),
             search=tuple(net["search"]),
+            create=bool(net.get("create", False)),
         ),
         plugins=tuple(data["plugins"]),
         vms=tuple(_vm_from(vm) for vm in data["vms"]),

@@ -116,6 +116,8 @@ class Network:
     gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...]
     search: tuple[str, ...]
+    #: define.sh creates the libvirt network ``source`` (isolated) when it is missing.
+    create: bool = False
 
 
 @dataclass(frozen=True)
@@ -500,7 +502,7 @@ def _vm_name(value: Any) -> str:
 _TOP_KEYS = ("plugins", "lab", "base", "network", "defaults", "root", "user", "vm")
 _LAB_KEYS = ("name", "seed", "domain", "domain_type", "vnc_base")
 _BASE_KEYS = ("image", "sha256", "format", "debian", "size", "packages")
-_NETWORK_KEYS = ("type", "source", "subnet", "gateway", "dns", "search")
+_NETWORK_KEYS = ("type", "source", "create", "subnet", "gateway", "dns", "search")
 _ACCOUNT_KEYS = ("name", "ssh_authorized_keys", "password_hash", "sudo")
 #: Keys that [defaults] sets for every VM and any [[vm]] may override.
 _VM_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -871,6 +873,13 @@ def parse_profile(
         check.add("network", f"source is required for type {net_type.value} (the {what} name)")
     if net_type is NetType.USER and source is not None:
         check.add("network", "source is not used with type user; remove it")
+    create = check.get(net_raw, "create", "network", _boolean, False)
+    if create is True and net_type is not NetType.NETWORK:
+        check.add(
+            "network",
+            f"create = true makes a libvirt network, but type is {net_type.value}",
+            hint='use type = "network", or drop create',
+        )
     if isinstance(source, str) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", source):
         check.add("network", f"source {_quote(source)} is not a bridge or network name")
     subnet = check.get(net_raw, "subnet", "network", _subnet, required=True, show=_bare)
@@ -892,8 +901,8 @@ def parse_profile(
     vms = _parse_vms(check, raw.get("vm"), defaults, accounts)
 
     network = None
-    if _INVALID not in (net_type, source, subnet, gateway, dns, search):
-        network = Network(net_type, source, subnet, gateway, dns, search or ())
+    if _INVALID not in (net_type, source, create, subnet, gateway, dns, search):
+        network = Network(net_type, source, subnet, gateway, dns, search or (), create)
         _check_network_addresses(check, network, vms)
 
     find_duplicates(check.add, vms, "name", lambda vm: vm.name)

@@ -1,8 +1,9 @@
 """The boot tier: the demo lab, built on a real Debian golden image, defined and
 started on a real libvirtd, boots into machines with the identity vmbuild gave them.
 
-The lab runs under plain QEMU (domain type ``qemu``: TCG, as KVM may not work) on a
-libvirt network of its own with no uplink and no host address: the VMs use
+The lab runs under plain QEMU (domain type ``qemu``: TCG, as KVM may not work) on the
+isolated libvirt network its own define.sh creates (the demo's ``create = true``,
+under a name unique to the run): no uplink and no host address, the VMs use
 documentation addresses (192.0.2.0/24) and no packet leaves the machine. Everything
 is asked from inside the running guests through the QEMU guest agent, once through
 ``vmbuild check`` and once by the test itself with raw agent commands, so the check
@@ -20,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +51,11 @@ class Lab:
     golden: Built
 
 
-def _isolated_network(name: str, bridge: str) -> str:
-    """A libvirt network with no <forward> (no uplink) and no <ip> (no host address)."""
-    return f"<network><name>{name}</name><bridge name='{bridge}' stp='off' delay='0'/></network>"
-
-
 @pytest.fixture(scope="module")
 def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
     tag = uuid.uuid4().hex[:6]
-    network, bridge = f"vmbuild-boot-{tag}", f"vmbb{tag}"
+    network = f"vmbuild-boot-{tag}"
+    assert virsh("net-info", network, check=False).returncode != 0, f"{network} exists"
     # Domain names unique to this run, so no domain already on the host is touched;
     # the hostnames stay the profile's.
     domains = {host: f"vmbuild-boot-{tag}-{host}" for host in HOSTS}
@@ -65,15 +63,7 @@ def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
     work.chmod(0o755)  # libvirt's QEMU runs unprivileged and must reach the disks
     defined: list[str] = []
     try:
-        xml = work / "network.xml"
-        xml.write_text(_isolated_network(network, bridge))
-        virsh("net-create", str(xml))
-        addresses = subprocess.run(
-            ["ip", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True
-        ).stdout
-        assert addresses.strip() == "", f"the test bridge has a host address: {addresses}"
-
-        overrides = ["lab.domain_type=qemu", "network.type=network", f"network.source={network}"]
+        overrides = ["lab.domain_type=qemu", f"network.source={network}"]
         for position, host in enumerate(HOSTS, start=1):
             overrides += [f"vm.{position}.name={domains[host]}", f"vm.{position}.hostname={host}"]
         start = time.monotonic()
@@ -102,6 +92,7 @@ def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
             text=True,
             timeout=120,
         )
+        _assert_isolated(network)
         started = time.monotonic()
         for name in domains.values():  # both boot at once
             virsh("start", name)
@@ -112,7 +103,22 @@ def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
             virsh("destroy", name, check=False)
             virsh("undefine", name, check=False)
         virsh("net-destroy", network, check=False)
+        virsh("net-undefine", network, check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _assert_isolated(network: str) -> None:
+    """define.sh made the network: active, no <forward>, no <ip>, no host address."""
+    info = virsh("net-info", network).stdout
+    assert re.search(r"^Active:\s+yes$", info, re.M), info
+    xml = ET.fromstring(virsh("net-dumpxml", network).stdout)
+    assert xml.find("forward") is None and xml.find("ip") is None
+    bridge = re.search(r"^Bridge:\s+(\S+)$", info, re.M)
+    assert bridge is not None, info
+    addresses = subprocess.run(
+        ["ip", "-o", "addr", "show", "dev", bridge[1]], capture_output=True, text=True
+    )
+    assert addresses.returncode == 0 and addresses.stdout == "", addresses
 
 
 def _check(lab: Lab, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
