@@ -379,77 +379,92 @@ def _register(manager: pluggy.PluginManager, plugin: Any, name: str, where: str)
     return tuple(sorted(hooks, key=HOOK_NAMES.index))
 
 
-def load_plugins(profile: Profile | None = None, *, check: bool = True) -> Plugins:
-    """The built-in plugins, then installed ones (entry points), then the profile's.
+class _Loader:
+    """Registers plugins one by one, recording where each came from."""
 
-    Plugins named in VMBUILD_DISABLE_PLUGINS are left out (and a lab plugin so named
-    is not even imported). With ``check``, the plugins' profile checks run too.
-    """
-    manager = _Manager(hookspecs.PROJECT)
-    manager.add_hookspecs(hookspecs)
-    blocked = disabled_names()
-    for name in blocked:
-        manager.set_blocked(name)
-    infos: list[PluginInfo] = []
+    def __init__(self, disabled: Sequence[str]) -> None:
+        self.manager = _Manager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.disabled = tuple(disabled)
+        for name in self.disabled:
+            self.manager.set_blocked(name)
+        self.infos: list[PluginInfo] = []
 
-    def skip(name: str, source: str, origin: str) -> bool:
-        if manager.is_blocked(name):
-            infos.append(PluginInfo(name, source, origin, (), disabled=True))
-            return True
-        return False
+    def _skip(self, name: str, source: str, origin: str) -> bool:
+        """True for a plugin named in VMBUILD_DISABLE_PLUGINS: listed, never loaded."""
+        if not self.manager.is_blocked(name):
+            return False
+        self.infos.append(PluginInfo(name, source, origin, (), disabled=True))
+        return True
 
-    for name in BUILTIN_PLUGINS:
-        if not skip(name, "builtin", name):
-            module = importlib.import_module(name)
-            hooks = _register(manager, module, name, f"plugin {name}")
-            infos.append(PluginInfo(name, "builtin", name, hooks))
+    def _add(
+        self, plugin: Any, name: str, source: str, origin: str, where: str, sha256: str | None
+    ) -> None:
+        hooks = _register(self.manager, plugin, name, where)
+        self.infos.append(PluginInfo(name, source, origin, hooks, sha256))
 
-    for entry in sorted(
-        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-    ):
+    def builtin(self, name: str) -> None:
+        if not self._skip(name, "builtin", name):
+            self._add(importlib.import_module(name), name, "builtin", name, f"plugin {name}", None)
+
+    def entry_point(self, entry: importlib.metadata.EntryPoint) -> None:
         dist = entry.dist
         origin = f"{dist.name} {dist.version}" if dist is not None else entry.value
         where = f'entry point "{entry.name}" ({origin}, {entry.value})'
-        if skip(entry.name, "entry point", origin):
-            continue
+        if self._skip(entry.name, "entry point", origin):
+            return
         try:
             plugin = entry.load()
         except Exception as err:
             raise UserError(
                 f"{where}: cannot load: {_describe(err)}", hint="run with -v for the traceback"
             ) from err
-        hooks = _register(manager, plugin, entry.name, where)
-        infos.append(PluginInfo(entry.name, "entry point", origin, hooks))
+        self._add(plugin, entry.name, "entry point", origin, where, None)
 
+    def lab_file(self, profile: Profile, spec: str) -> None:
+        where = f'{profile.path}: plugins: "{spec}"'
+        path = (profile.folder / spec).resolve()
+        for info in self.infos:
+            if info.source == "file" and info.origin == str(path):
+                raise UserError(f'{where}: the same file as "{info.name}"')
+        if not self._skip(spec, "file", str(path)):
+            module = _load_file(path, where)
+            self._add(module, spec, "file", str(path), where, _file_digest(path))
+
+    def lab_module(self, profile: Profile, spec: str) -> None:
+        where = f'{profile.path}: plugins: "{spec}"'
+        if self._skip(spec, "module", spec):
+            return
+        module = _import(spec, where)
+        file = getattr(module, "__file__", None)
+        digest = _file_digest(Path(file)) if file and Path(file).is_file() else None
+        self._add(module, spec, "module", file or spec, where, digest)
+
+
+def load_plugins(profile: Profile | None = None, *, check: bool = True) -> Plugins:
+    """The built-in plugins, then installed ones (entry points), then the profile's.
+
+    Plugins named in VMBUILD_DISABLE_PLUGINS are left out (and a lab plugin so named
+    is not even imported). With ``check``, the plugins' profile checks run too.
+    """
+    loader = _Loader(disabled_names())
+    for name in BUILTIN_PLUGINS:
+        loader.builtin(name)
+    entries = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    for entry in sorted(entries, key=lambda e: e.name):
+        loader.entry_point(entry)
     if profile is not None:
-        seen: dict[Path, str] = {}
         for spec in profile.plugins:
-            where = f'{profile.path}: plugins: "{spec}"'
             if _is_path(spec):
-                path = (profile.folder / spec).resolve()
-                if path in seen:
-                    raise UserError(f'{where}: the same file as "{seen[path]}"')
-                seen[path] = spec
-                if skip(spec, "file", str(path)):
-                    continue
-                module = _load_file(path, where)
-                hooks = _register(manager, module, spec, where)
-                infos.append(PluginInfo(spec, "file", str(path), hooks, _file_digest(path)))
+                loader.lab_file(profile, spec)
             else:
-                if skip(spec, "module", spec):
-                    continue
-                module = _import(spec, where)
-                file = getattr(module, "__file__", None)
-                digest = _file_digest(Path(file)) if file and Path(file).is_file() else None
-                hooks = _register(manager, module, spec, where)
-                infos.append(PluginInfo(spec, "module", file or spec, hooks, digest))
-
-    known = {info.name for info in infos}
-    for name in blocked:
+                loader.lab_module(profile, spec)
+    known = {info.name for info in loader.infos}
+    for name in loader.disabled:
         if name not in known:
             warn(f"{DISABLE_ENV} names {name}, which is not a plugin of this lab")
-    manager.check_pending()
-    plugins = Plugins(manager, infos)
+    loader.manager.check_pending()
+    plugins = Plugins(loader.manager, loader.infos)
     if check and profile is not None:
         problems = plugins.check_profile(profile)
         if problems:

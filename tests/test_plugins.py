@@ -272,6 +272,15 @@ def test_a_missing_plugin_is_a_user_error(run_cli: RunCli, tmp_path: Path) -> No
     ) in result.err
 
 
+def test_the_same_file_twice_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "a.py").write_text("def vmbuild_user_data(vm):\n    return {}\n")
+    profile = write_lab(tmp_path, "golden.qcow2", names=["lab/a.py", "./lab/../lab/a.py"])
+    result = run_cli("plugins", profile)
+    assert result.code == 2
+    assert f'{profile}: plugins: "./lab/../lab/a.py": the same file as "lab/a.py"' in result.err
+
+
 def test_a_failing_import_shows_its_traceback_with_v(run_cli: RunCli, tmp_path: Path) -> None:
     profile = write_lab(tmp_path, "golden.qcow2", {"bad.py": "import os\n\nos.no_such_thing()\n"})
     quiet = run_cli("validate", profile, "--no-base")
