@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from .appliance import Appliance, guestfs_module, kvm_usable
 from .errors import BuildError
+from .golden import default_cache
+from .libvirt import unreachable_for_qemu
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,24 @@ def run_checks(launch: bool = True) -> list[Check]:
     checks.append(
         Check("libvirt", ok, detail if ok else f"no libvirtd reachable ({detail})", False)
     )
+    debootstrap = shutil.which("debootstrap")
+    checks.append(
+        Check(
+            "debootstrap",
+            debootstrap is not None,
+            debootstrap or "not installed: needed for [base] debian golden images",
+            False,
+        )
+    )
+    cache = default_cache() / "golden"
+    blocked = unreachable_for_qemu([cache / "image.qcow2"])
+    behind = blocked[0].partition(" is behind ")[2] if blocked else ""
+    detail = (
+        f"{cache}: behind {behind}, out of reach of libvirt's QEMU user (set VMBUILD_CACHE)"
+        if blocked
+        else str(cache)
+    )
+    checks.append(Check("golden cache", not blocked, detail, False))
     validate = shutil.which("virt-xml-validate")
     checks.append(
         Check(
