@@ -71,7 +71,13 @@ BaseOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 VerboseOpt = Annotated[
-    int, typer.Option("--verbose", "-v", count=True, help="Show every operation (repeatable).")
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="Show every operation, and a failing plugin's traceback (repeatable).",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Show errors only.")]
 
