@@ -44,6 +44,14 @@ def guest_path(path: str) -> str:
     return posixpath.normpath(path).replace("//", "/")
 
 
+def _kind(entry: Mapping[str, int]) -> str:
+    return _KINDS.get(stat.S_IFMT(entry["st_mode"]), "unknown")
+
+
+def _mode_owner(entry: Mapping[str, int]) -> tuple[int, int, int]:
+    return stat.S_IMODE(entry["st_mode"]), entry["st_uid"], entry["st_gid"]
+
+
 _KINDS = {
     stat.S_IFREG: "file",
     stat.S_IFDIR: "folder",
@@ -61,6 +69,8 @@ class GuestFiles:
     def __init__(self, app: Appliance) -> None:
         self.app = app
         self.h = app.handle
+        # New files get 0644 (write's 0666 less this), which write() relies on.
+        self.app.call("setting the umask", self.h.umask, 0o022)
         self._passwd: dict[str, tuple[int, int, str]] | None = None
         #: Folders already resolved (guest path -> real path); forgotten on removal.
         self._folders: dict[str, str] = {}
@@ -72,6 +82,11 @@ class GuestFiles:
         path = guest_path(path)
         if path == "/":
             return "folder"
+        entry = self._lstat(path)
+        return None if entry is None else _kind(entry)
+
+    def _lstat(self, path: str) -> Mapping[str, int] | None:
+        """lstat of ``path`` (not "/"); None when nothing is there."""
         parent, name = posixpath.split(path)
         try:
             stats = self.app.call(f"looking at {path}", self.h.lstatnslist, parent, [name])
@@ -79,10 +94,8 @@ class GuestFiles:
             if self.kind(parent) != "folder":
                 return None  # the folder itself is missing (or not a folder)
             raise
-        entry = stats[0]
-        if entry["st_ino"] == -1:
-            return None
-        return _KINDS.get(stat.S_IFMT(entry["st_mode"]), "unknown")
+        entry: Mapping[str, int] = stats[0]
+        return None if entry["st_ino"] == -1 else entry
 
     def link_target(self, path: str) -> str:
         return str(self.app.call(f"reading the link {path}", self.h.readlink, path))
@@ -125,12 +138,16 @@ class GuestFiles:
         self._folders[path] = current
         return current
 
-    def _target(self, path: str, *, create_parent: bool = False) -> tuple[str, str | None]:
+    def _target(
+        self, path: str, *, create_parent: bool = False
+    ) -> tuple[str, Mapping[str, int] | None]:
+        """The real path to write ``path`` at, and what is there now (lstat)."""
         path = guest_path(path)
         parent, name = posixpath.split(path)
         real_parent = self.resolve_folder(parent, create=create_parent)
         target = posixpath.join(real_parent, name)
-        kind = self.kind(target)
+        entry = None if target == "/" else self._lstat(target)
+        kind = "folder" if target == "/" else (None if entry is None else _kind(entry))
         if kind == "symbolic link":
             raise GuestPathError(
                 f"{path} is a symbolic link to {self.link_target(target)}; vmbuild does not "
@@ -139,16 +156,16 @@ class GuestFiles:
             )
         if kind not in (None, "file"):
             raise GuestPathError(f"{path} is a {kind}, not a regular file")
-        return target, kind
+        return target, entry
 
     # ------------------------------------------------------------- read/write
 
     def read(self, path: str) -> bytes | None:
         """A regular file's contents, or None when it does not exist."""
-        target, kind = self._target(path)
-        if kind is None:
+        target, entry = self._target(path)
+        if entry is None:
             return None
-        size = int(self.app.call(f"looking at {path}", self.h.lstatns, target)["st_size"])
+        size = int(entry["st_size"])
         chunks = []
         for offset in range(0, size, 1 << 20):  # pread answers are capped at ~2 MiB
             count = min(1 << 20, size - offset)
@@ -166,10 +183,15 @@ class GuestFiles:
         owner: tuple[int, int] = (0, 0),
         create_parent: bool = True,
     ) -> None:
-        target, _ = self._target(path, create_parent=create_parent)
+        target, entry = self._target(path, create_parent=create_parent)
         self.app.call(f"writing {path}", self.h.write, target, data)
-        self.app.call(f"setting the mode of {path}", self.h.chmod, mode, target)
-        self.app.call(f"setting the owner of {path}", self.h.chown, owner[0], owner[1], target)
+        # write keeps an existing file's mode and owner, and makes a new one root's
+        # with 0644 (the umask set below): only what differs is changed.
+        now = (0o644, 0, 0) if entry is None else _mode_owner(entry)
+        if now[0] != mode:
+            self.app.call(f"setting the mode of {path}", self.h.chmod, mode, target)
+        if now[1:] != owner:
+            self.app.call(f"setting the owner of {path}", self.h.chown, owner[0], owner[1], target)
 
     def remove(self, path: str) -> bool:
         """Remove a file, link (not its target) or folder tree; False if absent."""
@@ -187,7 +209,8 @@ class GuestFiles:
             self._folders.clear()
             self.app.call(f"removing {path}", self.h.rm_rf, target)
         else:
-            self._folders.clear()  # it may have been a link to a folder resolved earlier
+            if kind == "symbolic link":  # it may have led to a folder resolved earlier
+                self._folders.clear()
             self.app.call(f"removing {path}", self.h.rm_f, target)
         return True
 
