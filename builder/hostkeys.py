@@ -24,8 +24,25 @@ def _generate(key_type: str, comment: str) -> tuple[bytes, str]:
     with tempfile.TemporaryDirectory(prefix="vmbuild-hostkey-") as folder:
         path = Path(folder) / "key"
         extra = ["-b", "3072"] if key_type == "rsa" else []
+        # The keys are made while the appliance boots, and that boot is what the
+        # build waits for: at the lowest priority, ssh-keygen takes only the CPU the
+        # appliance leaves (a lab's RSA keys are seconds of CPU on a small host).
+        nice = shutil.which("nice")
         result = subprocess.run(
-            [keygen, "-q", "-t", key_type, *extra, "-N", "", "-C", comment, "-f", str(path)],
+            [
+                *([nice, "-n", "19"] if nice else []),
+                keygen,
+                "-q",
+                "-t",
+                key_type,
+                *extra,
+                "-N",
+                "",
+                "-C",
+                comment,
+                "-f",
+                str(path),
+            ],
             capture_output=True,
             text=True,
             check=False,
