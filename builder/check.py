@@ -10,8 +10,6 @@ given that long to boot, start its agent and finish cloud-init.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import hostkeys
 from .errors import UserError
 from .libvirt import Agent, Virsh, VirshError
 
@@ -87,8 +86,7 @@ class VmReport:
 
 def fingerprint(key_type: str, blob_base64: str) -> str:
     """OpenSSH's SHA256 fingerprint of a public key, prefixed with its type."""
-    digest = hashlib.sha256(base64.b64decode(blob_base64)).digest()
-    return f"{key_type} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
+    return f"{key_type} {hostkeys.fingerprint(f'{key_type} {blob_base64}')}"
 
 
 def _known_hosts(path: Path) -> list[tuple[set[str], str]]:
