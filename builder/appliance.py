@@ -144,6 +144,16 @@ def guestfs_module() -> Any:
     return guestfs
 
 
+def device_name(index: int) -> str:
+    """The appliance device of the drive added ``index``-th: 0 -> /dev/sda, 26 -> /dev/sdaa."""
+    letters = ""
+    number = index + 1
+    while number > 0:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return "/dev/sd" + letters
+
+
 class Appliance:
     """A libguestfs handle with its drives. Use as a context manager."""
 
@@ -164,6 +174,8 @@ class Appliance:
         self.handle.set_smp(max(1, min(APPLIANCE_CPUS, os.cpu_count() or 1)))
         self.drives: list[Path] = []
         self._devices: list[str] = []
+        #: The daemon's umask once set (it lasts for the appliance's life).
+        self.umask: int | None = None
         #: QEMU's pid, taken right after launch: asking the handle for it while a
         #: call hangs would wait on the handle's lock for ever.
         self._pid: int | None = None
@@ -187,14 +199,14 @@ class Appliance:
             timeout=LAUNCH_TIMEOUT,
         )
         self._pid = self.handle.get_pid()
-        self._devices = self.call("listing devices", self.handle.list_devices)
+        # libguestfs names the drives in the order they were added, as /dev/sda,
+        # /dev/sdb, ... /dev/sdz, /dev/sdaa (guestfs(3), "BLOCK DEVICE NAMING").
+        # Asking the appliance (list_devices) costs a tenth of a second per drive
+        # under TCG.
+        self._devices = [device_name(index) for index in range(len(self.drives))]
 
     def device(self, index: int) -> str:
         return self._devices[index]
-
-    def devices(self) -> list[str]:
-        """Every drive's device, longest first, so /dev/sdaa is tried before /dev/sda."""
-        return sorted(self._devices, key=len, reverse=True)
 
     def call(
         self, what: str, function: Callable[..., T], *args: Any, timeout: float | None = None
@@ -220,6 +232,14 @@ class Appliance:
             raise ApplianceError(f"{what}: {err}") from None
         finally:
             timer.cancel()
+
+    def finish(self, what: str) -> None:
+        """Shut down once every filesystem was unmounted. Unmounting wrote each one
+        out to its disk, and QEMU writes its images out as it exits: the sync of
+        every drive that libguestfs would add first costs a tenth of a second per
+        drive under TCG, for nothing."""
+        self.handle.set_autosync(False)
+        self.call(what, self.handle.shutdown)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -128,12 +128,18 @@ def customize(
                 info(f"  {vm.name}: {len(ops)} operations")
                 mapping = device_map_for(app, facts, golden, drives[vm.name])
                 try:
-                    mount_all(app, facts.mounts, readonly=False, device_map=mapping)
+                    mount_all(
+                        app,
+                        facts.mounts,
+                        readonly=False,
+                        device_map=mapping,
+                        types=facts.filesystems,
+                    )
                 except BuildError as err:
                     raise BuildError(f"{where}: {err.message}") from None
                 context = Context(keys.get(vm.name, {}))
                 run_operations(GuestFiles(app), ops, context, where, detail)
                 app.call(f"{where}: unmounting", app.handle.umount_all)
-            app.call("flushing the disks", app.handle.shutdown)
+            app.finish("writing the disks out")
     assert facts is not None
     return Customized(facts, operations)
