@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fnmatch
 import functools
 import posixpath
+import secrets
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .appliance import Appliance, ApplianceError
+from .appliance import Appliance, ApplianceError, ApplianceTimeout
 from .errors import BuildError
 
 
@@ -63,39 +65,132 @@ _KINDS = {
 }
 
 
+#: readdir's file type letters (guestfs_readdir); "u" and "?" mean "ask lstat".
+_READDIR_KINDS = {
+    "r": "file",
+    "d": "folder",
+    "l": "symbolic link",
+    "f": "FIFO",
+    "c": "character device",
+    "b": "block device",
+    "s": "socket",
+}
+
+
 class GuestFiles:
-    """File access to one mounted guest, checked component by component."""
+    """File access to one mounted guest, checked component by component.
+
+    Under TCG every appliance call costs milliseconds, so what the guest holds is
+    remembered: each folder's listing (one readdir answers every later look-up in
+    it), lstat answers and file contents, all by real path and kept up to date by
+    this class's own changes. Every change to the guest goes through it, and one
+    instance serves one mounted guest: mounting another needs a new one.
+    """
 
     def __init__(self, app: Appliance) -> None:
         self.app = app
         self.h = app.handle
         # New files get 0644 (write's 0666 less this), which write() relies on.
-        self.app.call("setting the umask", self.h.umask, 0o022)
+        if app.umask != 0o022:
+            self.app.call("setting the umask", self.h.umask, 0o022)
+            app.umask = 0o022
         self._passwd: dict[str, tuple[int, int, str]] | None = None
-        #: Folders already resolved (guest path -> real path); forgotten on removal.
-        self._folders: dict[str, str] = {}
+        #: Folders already resolved: guest path -> (real path, every real path the
+        #: resolution went through), so a removal forgets exactly what it affects.
+        self._folders: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: Real folder -> {name: kind} from readdir.
+        self._listings: dict[str, dict[str, str]] = {}
+        #: Real path -> lstat answer of an existing entry.
+        self._stats: dict[str, Mapping[str, int]] = {}
+        #: Real path -> contents of a regular file read or written.
+        self._contents: dict[str, bytes] = {}
 
     # ---------------------------------------------------------------- look-ups
 
     def kind(self, path: str) -> str | None:
-        """What is at ``path`` without following a final link; None if nothing."""
+        """What is at ``path`` without following a final link; None if nothing.
+        Links in the folders above it are followed inside the guest."""
         path = guest_path(path)
         if path == "/":
             return "folder"
-        entry = self._lstat(path)
-        return None if entry is None else _kind(entry)
-
-    def _lstat(self, path: str) -> Mapping[str, int] | None:
-        """lstat of ``path`` (not "/"); None when nothing is there."""
         parent, name = posixpath.split(path)
         try:
-            stats = self.app.call(f"looking at {path}", self.h.lstatnslist, parent, [name])
+            real_parent = self.resolve_folder(parent)
+        except GuestPathError:
+            return None
+        return self._kind_at(posixpath.join(real_parent, name))
+
+    def _kind_at(self, real: str) -> str | None:
+        """The kind of a real path (its folders hold no links)."""
+        if real == "/":
+            return "folder"
+        parent, name = posixpath.split(real)
+        listing = self._listing(parent)
+        if listing is not None:
+            kind = listing.get(name)
+            if kind != "unknown":
+                return kind
+        entry = self._lstat(real)
+        return None if entry is None else _kind(entry)
+
+    def _listing(self, folder: str) -> dict[str, str] | None:
+        """A real folder's entries and their kinds; None when it cannot be listed."""
+        if folder not in self._listings:
+            try:
+                entries = self.app.call(f"listing {folder}", self.h.readdir, folder)
+            except ApplianceError as err:
+                if isinstance(err, ApplianceTimeout):
+                    raise
+                return None  # too big for one answer, or not a folder: lstat instead
+            self._listings[folder] = {
+                str(entry["name"]): _READDIR_KINDS.get(str(entry["ftyp"]), "unknown")
+                for entry in entries
+                if entry["name"] not in (".", "..")
+            }
+        return self._listings[folder]
+
+    def _lstat(self, real: str) -> Mapping[str, int] | None:
+        """lstat of a real path (not "/"); None when nothing is there."""
+        if real in self._stats:
+            return self._stats[real]
+        parent, name = posixpath.split(real)
+        listing = self._listings.get(parent)
+        if listing is not None and name not in listing:
+            return None
+        try:
+            stats = self.app.call(f"looking at {real}", self.h.lstatnslist, parent, [name])
         except ApplianceError:
-            if self.kind(parent) != "folder":
+            if self._kind_at(parent) != "folder":
                 return None  # the folder itself is missing (or not a folder)
             raise
         entry: Mapping[str, int] = stats[0]
-        return None if entry["st_ino"] == -1 else entry
+        if entry["st_ino"] == -1:
+            return None
+        self._stats[real] = entry
+        return entry
+
+    def _changed(self, real: str, kind: str | None) -> None:
+        """Record that ``real`` now holds ``kind`` (None: nothing), forgetting what
+        was known at or below it."""
+        below = real.rstrip("/") + "/"
+        for cache in (self._stats, self._contents, self._listings):
+            for path in [p for p in cache if p == real or p.startswith(below)]:
+                del cache[path]
+        for key, (_real, through) in list(self._folders.items()):
+            if any(p == real or p.startswith(below) for p in through):
+                del self._folders[key]
+        parent, name = posixpath.split(real)
+        listing = self._listings.get(parent)
+        if listing is not None:
+            if kind is None:
+                listing.pop(name, None)
+            else:
+                listing[name] = kind
+
+    def mode_owner(self, path: str) -> tuple[int, int, int] | None:
+        """(mode, uid, gid) of a regular file, or None when it does not exist."""
+        _target, entry = self._target(path)
+        return None if entry is None else _mode_owner(entry)
 
     def link_target(self, path: str) -> str:
         return str(self.app.call(f"reading the link {path}", self.h.readlink, path))
@@ -110,32 +205,43 @@ class GuestFiles:
         """
         path = guest_path(path)
         if path in self._folders:
-            return self._folders[path]
+            return self._folders[path][0]
         current = "/"
+        through: list[str] = []
         for part in path.strip("/").split("/"):
             if not part:
                 continue
             candidate = posixpath.join(current, part)
             if candidate in self._folders:
-                current = self._folders[candidate]
+                current, seen = self._folders[candidate]
+                through.extend(seen)
                 continue
-            kind = self.kind(candidate)
+            through.append(candidate)
+            kind = self._kind_at(candidate)
             if kind is None:
                 if not create:
                     raise GuestPathError(f"{candidate} does not exist")
                 self.app.call(f"making {candidate}", self.h.mkdir_mode, candidate, mode)
-                self.app.call(f"setting the owner of {candidate}", self.h.chown, *owner, candidate)
+                self._changed(candidate, "folder")
+                self._listings[candidate] = {}
+                # A new folder is root's already (unless its parent is setgid, when
+                # it takes the parent's group as the guest's own mkdir would).
+                if owner != (0, 0):
+                    self.app.call(
+                        f"setting the owner of {candidate}", self.h.chown, *owner, candidate
+                    )
                 current = candidate
             elif kind == "folder":
                 current = candidate
             elif kind == "symbolic link":
                 real = self.app.call(f"resolving {candidate}", self.h.realpath, candidate)
-                if self.kind(real) != "folder":
+                if self._kind_at(real) != "folder":
                     raise GuestPathError(f"{candidate} links to {real}, which is not a folder")
                 current = real
+                through.append(real)
             else:
                 raise GuestPathError(f"{candidate} is a {kind}, not a folder")
-        self._folders[path] = current
+        self._folders[path] = (current, tuple(through))
         return current
 
     def _target(
@@ -146,8 +252,7 @@ class GuestFiles:
         parent, name = posixpath.split(path)
         real_parent = self.resolve_folder(parent, create=create_parent)
         target = posixpath.join(real_parent, name)
-        entry = None if target == "/" else self._lstat(target)
-        kind = "folder" if target == "/" else (None if entry is None else _kind(entry))
+        kind = self._kind_at(target)
         if kind == "symbolic link":
             raise GuestPathError(
                 f"{path} is a symbolic link to {self.link_target(target)}; vmbuild does not "
@@ -156,7 +261,7 @@ class GuestFiles:
             )
         if kind not in (None, "file"):
             raise GuestPathError(f"{path} is a {kind}, not a regular file")
-        return target, entry
+        return target, (None if kind is None else self._lstat(target))
 
     # ------------------------------------------------------------- read/write
 
@@ -165,14 +270,16 @@ class GuestFiles:
         target, entry = self._target(path)
         if entry is None:
             return None
-        size = int(entry["st_size"])
-        chunks = []
-        for offset in range(0, size, 1 << 20):  # pread answers are capped at ~2 MiB
-            count = min(1 << 20, size - offset)
-            chunks.append(
-                bytes(self.app.call(f"reading {path}", self.h.pread, target, count, offset))
-            )
-        return b"".join(chunks)
+        if target not in self._contents:
+            size = int(entry["st_size"])
+            chunks = []
+            for offset in range(0, size, 1 << 20):  # pread answers are capped at ~2 MiB
+                count = min(1 << 20, size - offset)
+                chunks.append(
+                    bytes(self.app.call(f"reading {path}", self.h.pread, target, count, offset))
+                )
+            self._contents[target] = b"".join(chunks)
+        return self._contents[target]
 
     def write(
         self,
@@ -184,43 +291,112 @@ class GuestFiles:
         create_parent: bool = True,
     ) -> None:
         target, entry = self._target(path, create_parent=create_parent)
+        self._changed(target, None)
         self.app.call(f"writing {path}", self.h.write, target, data)
+        self._changed(target, "file")
         # write keeps an existing file's mode and owner, and makes a new one root's
-        # with 0644 (the umask set below): only what differs is changed.
+        # with 0644 (the umask set in __init__): only what differs is changed.
         now = (0o644, 0, 0) if entry is None else _mode_owner(entry)
         if now[0] != mode:
             self.app.call(f"setting the mode of {path}", self.h.chmod, mode, target)
         if now[1:] != owner:
             self.app.call(f"setting the owner of {path}", self.h.chown, owner[0], owner[1], target)
+        # What the file is now, as lstat would say (the fields this class reads).
+        self._stats[target] = {
+            "st_ino": entry["st_ino"] if entry is not None else 0,
+            "st_mode": stat.S_IFREG | mode,
+            "st_uid": owner[0],
+            "st_gid": owner[1],
+            "st_size": len(data),
+        }
+        self._contents[target] = data
 
     def remove(self, path: str) -> bool:
         """Remove a file, link (not its target) or folder tree; False if absent."""
-        path = guest_path(path)
-        parent, name = posixpath.split(path)
-        try:
-            real_parent = self.resolve_folder(parent)
-        except GuestPathError:
-            return False
-        target = posixpath.join(real_parent, name)
-        kind = self.kind(target)
-        if kind is None:
-            return False
-        if kind == "folder":
-            self._folders.clear()
-            self.app.call(f"removing {path}", self.h.rm_rf, target)
-        else:
-            if kind == "symbolic link":  # it may have led to a folder resolved earlier
-                self._folders.clear()
+        return self.remove_all([path]) > 0
+
+    def remove_all(self, paths: Sequence[str]) -> int:
+        """Remove files, links (not their targets) and folder trees; returns how many
+        were there. Links are never followed out of the named path."""
+        paths = [guest_path(path) for path in paths]
+        if "/" in paths:
+            raise GuestPathError("vmbuild never removes the guest's root folder")
+        trees: list[tuple[str, str]] = []
+        found = 0
+        for path in paths:
+            parent, name = posixpath.split(path)
+            try:
+                real_parent = self.resolve_folder(parent)
+            except GuestPathError:
+                continue
+            target = posixpath.join(real_parent, name)
+            kind = self._kind_at(target)
+            if kind is None or any(target == tree for _path, tree in trees):
+                continue
+            found += 1
+            if kind == "folder":
+                trees.append((path, target))
+                continue
             self.app.call(f"removing {path}", self.h.rm_f, target)
-        return True
+            self._changed(target, None)
+        self._remove_trees(trees)
+        return found
+
+    def _remove_trees(self, trees: list[tuple[str, str]]) -> None:
+        """rm -rf is a process in the appliance, the slowest call there is under TCG:
+        two or more trees are first moved into one folder and removed together."""
+        trees = [
+            (path, target)
+            for path, target in trees
+            if not any(target.startswith(other + "/") for _path, other in trees)
+        ]
+        trash = None
+        if len(trees) > 1:
+            parent = posixpath.commonpath([posixpath.dirname(t) for _path, t in trees])
+            trash = posixpath.join(parent, f".vmbuild-removed-{secrets.token_hex(6)}")
+            try:
+                self.app.call(f"making {trash}", self.h.mkdir_mode, trash, 0o700)
+            except ApplianceError as err:
+                if isinstance(err, ApplianceTimeout):
+                    raise
+                trash = None
+        for number, (path, target) in enumerate(trees):
+            self._changed(target, None)
+            if trash is not None:
+                try:
+                    moved = posixpath.join(trash, str(number))
+                    self.app.call(f"removing {path}", self.h.rename, target, moved)
+                    continue
+                except ApplianceError as err:  # another filesystem, a mount point
+                    if isinstance(err, ApplianceTimeout):
+                        raise
+            self.app.call(f"removing {path}", self.h.rm_rf, target)
+        if trash is not None:
+            self.app.call(f"removing {', '.join(path for path, _t in trees)}", self.h.rm_rf, trash)
+            self._changed(trash, None)
 
     def glob(self, pattern: str) -> list[str]:
+        """Paths matching a shell pattern, as glob(3) gives them: ``*`` and ``?``
+        skip names that start with a dot unless the pattern's do too."""
         guest_path(pattern)
-        found = self.app.call(
-            f"looking for {pattern}",
-            functools.partial(self.h.glob_expand, pattern, directoryslash=False),
+        folder, name = posixpath.split(pattern)
+        listing = None
+        if not any(c in folder for c in "*?["):
+            try:
+                listing = self._listing(self.resolve_folder(folder))
+            except GuestPathError:
+                return []
+        if listing is None:  # wildcards in the folders, or a folder readdir cannot list
+            found = self.app.call(
+                f"looking for {pattern}",
+                functools.partial(self.h.glob_expand, pattern, directoryslash=False),
+            )
+            return sorted(str(path) for path in found)
+        return sorted(
+            posixpath.join(folder, entry)
+            for entry in listing
+            if fnmatch.fnmatchcase(entry, name) and (name[:1] == "." or entry[:1] != ".")
         )
-        return sorted(str(path) for path in found)
 
     def users(self) -> dict[str, tuple[int, int, str]]:
         """name -> (uid, gid, home) from the guest's /etc/passwd."""
@@ -295,10 +471,10 @@ class RemovePaths(Operation):
     phase: ClassVar[Phase] = Phase.CLEAN
 
     def apply(self, guest: GuestFiles, context: Context) -> None:
+        paths: list[str] = []
         for pattern in self.patterns:
-            paths = guest.glob(pattern) if any(c in pattern for c in "*?[") else [pattern]
-            for path in paths:
-                guest.remove(path)
+            paths += guest.glob(pattern) if any(c in pattern for c in "*?[") else [pattern]
+        guest.remove_all(paths)
 
 
 @dataclass(frozen=True)
@@ -330,8 +506,20 @@ class HostKeys(Operation):
         missing = [key for key in self.types if key not in context.host_keys]
         if missing:
             raise BuildError(f"no host keys of type {', '.join(missing)} were generated")
-        for path in guest.glob("/etc/ssh/ssh_host_*"):
-            guest.remove(path)
+        ours = {
+            f"/etc/ssh/ssh_host_{key_type}_key{suffix}"
+            for key_type in self.types
+            for suffix in ("", ".pub")
+        }
+        # The golden image's own keys of these types are overwritten in place (no
+        # removal, and their modes are already right); anything else goes.
+        guest.remove_all(
+            [
+                path
+                for path in guest.glob("/etc/ssh/ssh_host_*")
+                if path not in ours or guest.kind(path) != "file"
+            ]
+        )
         for key_type in self.types:
             private, public = context.host_keys[key_type]
             base = f"/etc/ssh/ssh_host_{key_type}_key"
@@ -415,10 +603,9 @@ class EnsureUser(Operation):
         if old and not old.endswith(b"\n"):
             old += b"\n"
         owner = (0, 0)
-        if keep_mode:
-            info = guest.app.call(f"looking at {path}", guest.h.lstatns, path)
-            mode = stat.S_IMODE(info["st_mode"])
-            owner = (info["st_uid"], info["st_gid"])
+        now = guest.mode_owner(path) if keep_mode else None
+        if now is not None:
+            mode, owner = now[0], now[1:]
         guest.write(path, old + line.encode() + b"\n", mode=mode, owner=owner)
 
 
@@ -446,13 +633,8 @@ class PasswordHash(Operation):
                 break
         else:
             raise BuildError(f"user {self.user} is not in the guest's /etc/shadow")
-        info = guest.app.call("looking at /etc/shadow", guest.h.lstatns, path)
-        guest.write(
-            path,
-            ("\n".join(lines) + "\n").encode(),
-            mode=stat.S_IMODE(info["st_mode"]),
-            owner=(info["st_uid"], info["st_gid"]),
-        )
+        mode, uid, gid = guest.mode_owner(path) or (0o640, 0, 0)
+        guest.write(path, ("\n".join(lines) + "\n").encode(), mode=mode, owner=(uid, gid))
 
 
 def ordered(operations: Sequence[Operation]) -> list[Operation]:

@@ -123,9 +123,9 @@ def clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[
                 app.add(bundle / vm["disk"]["file"], "qcow2", readonly=True)
                 disks.append((family, vm, manifest))
         app.launch()
-        guest = GuestFiles(app)
         for index, (family, vm, manifest) in enumerate(disks):
             app.handle.mount_ro(app.device(index) + "1", "/")
+            guest = GuestFiles(app)  # it remembers what one mounted disk holds
             facts = golden_facts(family)
             paths = watched | set(facts["leftovers"]) | set(facts["network_config"])
             files = {
