@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,15 @@ def require_libvirtd() -> None:
         if REQUIRED:
             pytest.fail(message)
         pytest.skip(message)
+
+
+def define(bundle: Path) -> None:
+    """Run the bundle's own define.sh against the test libvirtd."""
+    result = subprocess.run(
+        ["sh", str(bundle / "define.sh"), "-c", URI],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"define.sh failed:\n{result.stdout}{result.stderr}"

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from debiangolden import Built
-from libvirthelp import URI, virsh
+from libvirthelp import URI, define, virsh
 from vmbuild.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt, pytest.mark.guestfs]
@@ -85,13 +85,7 @@ def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
         existing = set(virsh("list", "--all", "--name").stdout.split())
         assert not existing & set(domains.values()), "refusing to touch existing domains"
         defined = list(domains.values())
-        subprocess.run(
-            ["sh", str(bundle / "define.sh"), "-c", URI],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        define(bundle)
         _assert_isolated(network)
         started = time.monotonic()
         for name in domains.values():  # both boot at once

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from libvirthelp import URI, need, virsh
+from libvirthelp import define, need, virsh
 from vmbuild.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,13 +82,7 @@ def test_reference_lab_defines_on_real_libvirt(libvirtd: None, reference_bundle:
         )
         assert result.returncode == 0, result.stderr
     try:
-        subprocess.run(
-            ["sh", str(reference_bundle / "define.sh"), "-c", URI],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        define(reference_bundle)
         for xml in xmls:
             ours = ET.parse(xml).getroot()
             name = ours.findtext("name") or ""
@@ -105,13 +99,7 @@ def test_reference_lab_defines_on_real_libvirt(libvirtd: None, reference_bundle:
             assert str(reference_bundle / "vms") in sources[0]
             assert any(s.endswith("seed.iso") for s in sources)
         # Defining again (a rebuilt lab) updates the same domains: UUIDs are stable.
-        subprocess.run(
-            ["sh", str(reference_bundle / "define.sh"), "-c", URI],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        define(reference_bundle)
     finally:
         for name in names:
             virsh("undefine", name, check=False)
