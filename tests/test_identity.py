@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from expected import NATIVE
 from guestimages import FAMILIES, GOLDEN_MACHINE_ID, ImageSpec, golden_facts, make_images
 from guestimages import golden_host_public_keys as golden_keys
 from vmbuild.appliance import Appliance
@@ -55,15 +56,6 @@ name = "{short}{{n}}"
 count = 2
 ip = "192.0.2.21"
 """
-
-#: Where each family's native network file is expected, and what it must say.
-NATIVE = {
-    "ifupdown": "/etc/network/interfaces",
-    "netplan": "/etc/netplan/50-vmbuild.yaml",
-    "networkmanager": "/etc/NetworkManager/system-connections/lan0.nmconnection",
-    "networkd": "/etc/systemd/network/10-vmbuild-lan0.network",
-    "ifcfg": "/etc/sysconfig/network-scripts/ifcfg-lan0",
-}
 
 
 @dataclass
