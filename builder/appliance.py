@@ -233,6 +233,18 @@ class Appliance:
         finally:
             timer.cancel()
 
+    def attempt(
+        self, what: str, function: Callable[..., T], *args: Any, timeout: float | None = None
+    ) -> T | ApplianceError:
+        """Like call, for a call that may fail: its error is returned, not raised.
+        A call that overran its time still raises: the appliance is gone."""
+        try:
+            return self.call(what, function, *args, timeout=timeout)
+        except ApplianceTimeout:
+            raise
+        except ApplianceError as err:
+            return err
+
     def finish(self, what: str) -> None:
         """Shut down once every filesystem was unmounted. Unmounting wrote each one
         out to its disk, and QEMU writes its images out as it exits: the sync of

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .appliance import Appliance, ApplianceError, ApplianceTimeout
+from .appliance import Appliance, ApplianceError
 from .errors import BuildError
 
 
@@ -136,11 +136,8 @@ class GuestFiles:
     def _listing(self, folder: str) -> dict[str, str] | None:
         """A real folder's entries and their kinds; None when it cannot be listed."""
         if folder not in self._listings:
-            try:
-                entries = self.app.call(f"listing {folder}", self.h.readdir, folder)
-            except ApplianceError as err:
-                if isinstance(err, ApplianceTimeout):
-                    raise
+            entries = self.app.attempt(f"listing {folder}", self.h.readdir, folder)
+            if isinstance(entries, ApplianceError):
                 return None  # too big for one answer, or not a folder: lstat instead
             self._listings[folder] = {
                 str(entry["name"]): _READDIR_KINDS.get(str(entry["ftyp"]), "unknown")
@@ -291,9 +288,8 @@ class GuestFiles:
         create_parent: bool = True,
     ) -> None:
         target, entry = self._target(path, create_parent=create_parent)
-        self._changed(target, None)
-        self.app.call(f"writing {path}", self.h.write, target, data)
         self._changed(target, "file")
+        self.app.call(f"writing {path}", self.h.write, target, data)
         # write keeps an existing file's mode and owner, and makes a new one root's
         # with 0644 (the umask set in __init__): only what differs is changed.
         now = (0o644, 0, 0) if entry is None else _mode_owner(entry)
@@ -354,22 +350,16 @@ class GuestFiles:
         if len(trees) > 1:
             parent = posixpath.commonpath([posixpath.dirname(t) for _path, t in trees])
             trash = posixpath.join(parent, f".vmbuild-removed-{secrets.token_hex(6)}")
-            try:
-                self.app.call(f"making {trash}", self.h.mkdir_mode, trash, 0o700)
-            except ApplianceError as err:
-                if isinstance(err, ApplianceTimeout):
-                    raise
+            made = self.app.attempt(f"making {trash}", self.h.mkdir_mode, trash, 0o700)
+            if isinstance(made, ApplianceError):
                 trash = None
         for number, (path, target) in enumerate(trees):
             self._changed(target, None)
             if trash is not None:
-                try:
-                    moved = posixpath.join(trash, str(number))
-                    self.app.call(f"removing {path}", self.h.rename, target, moved)
+                moved = posixpath.join(trash, str(number))
+                renamed = self.app.attempt(f"removing {path}", self.h.rename, target, moved)
+                if not isinstance(renamed, ApplianceError):  # else another filesystem
                     continue
-                except ApplianceError as err:  # another filesystem, a mount point
-                    if isinstance(err, ApplianceTimeout):
-                        raise
             self.app.call(f"removing {path}", self.h.rm_rf, target)
         if trash is not None:
             self.app.call(f"removing {', '.join(path for path, _t in trees)}", self.h.rm_rf, trash)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .appliance import Appliance, ApplianceError, ApplianceTimeout
+from .appliance import Appliance, ApplianceError
 from .errors import BuildError
 
 
@@ -204,16 +205,12 @@ class _Partitions:
         self.found: list[str] = []
         for number in range(1, PROBED_PARTITIONS + 1):
             device = f"{golden}{number}"
-            try:
-                app.call(f"looking for {device}", app.handle.is_whole_device, device)
-            except ApplianceTimeout:
-                raise
-            except ApplianceError:
-                continue
-            self.found.append(device)
+            answer = app.attempt(f"looking for {device}", app.handle.is_whole_device, device)
+            if not isinstance(answer, ApplianceError):
+                self.found.append(device)
 
     def everything(self) -> list[str]:
-        """Every partition; True in ``complete`` afterwards."""
+        """Every partition (``found`` holds them all afterwards)."""
         if not self.complete:
             self.found = [
                 part
@@ -233,27 +230,30 @@ def _fstab_mounts(
     """Mountpoints other than / from the guest's fstab, as golden-image devices, and
     the filesystem type fstab gives for each mountpoint (/ included)."""
     h = app.handle
-    #: "UUID" or "LABEL" -> (read from every partition?, value -> partition)
-    tables: dict[str, tuple[bool, dict[str, str]]] = {}
+    #: "UUID" or "LABEL" -> value -> partition, and the partitions read for it.
+    tables: dict[str, dict[str, str]] = {"UUID": {}, "LABEL": {}}
+    read: dict[str, set[str]] = {"UUID": set(), "LABEL": set()}
 
     def by(kind: str, value: str) -> str | None:
         """The partition with this UUID or label. Each is read with a process in the
-        appliance, so only when fstab names a partition that way."""
-        complete, table = tables.get(kind, (False, {}))
-        if kind not in tables or (value not in table and not complete):
-            parts = partitions.everything() if kind in tables else partitions.found
-            table = {}
-            for part in parts:
-                try:
-                    if kind == "UUID":
-                        table[app.call("reading a UUID", h.vfs_uuid, part).lower()] = part
-                    else:
-                        table[app.call("reading a label", h.vfs_label, part)] = part
-                except BuildError:
+        appliance, so only when fstab names a partition that way: the probed
+        partitions first, all of them when those do not have it."""
+        table = tables[kind]
+        sources: tuple[Callable[[], list[str]], ...] = (
+            lambda: partitions.found,
+            partitions.everything,
+        )
+        for parts in sources:
+            if value in table:
+                break
+            for part in parts():
+                if part in read[kind]:
                     continue
-            tables[kind] = (partitions.complete, table)
-            if value not in table and not partitions.complete:
-                return by(kind, value)
+                read[kind].add(part)
+                function = h.vfs_uuid if kind == "UUID" else h.vfs_label
+                answer = app.attempt(f"reading the {kind} of {part}", function, part)
+                if not isinstance(answer, ApplianceError):
+                    table[answer.lower() if kind == "UUID" else answer] = part
         return table.get(value)
 
     mounts = {}
@@ -353,10 +353,8 @@ def inspect_golden(app: Appliance, golden_index: int) -> GuestFacts:
 
 def _vfs_type(app: Appliance, device: str) -> str:
     """A filesystem's type ("ext4", "xfs"), or "" when it cannot be told."""
-    try:
-        return str(app.call(f"probing {device}", app.handle.vfs_type, device))
-    except BuildError:
-        return ""
+    answer = app.attempt(f"probing {device}", app.handle.vfs_type, device)
+    return "" if isinstance(answer, ApplianceError) else str(answer)
 
 
 def mount_all(
@@ -375,13 +373,11 @@ def mount_all(
         target = device_map.get(device, device) if device_map else device
         options = "ro" if readonly else ""
         what = f"mounting {target} at {mountpoint}"
-        try:
-            app.call(what, h.mount_vfs, options, known.get(device, ""), target, mountpoint)
-        except ApplianceTimeout:
-            raise
-        except ApplianceError:
-            if not known.get(device):
-                raise
+        vfs = known.get(device, "")
+        mounted = app.attempt(what, h.mount_vfs, options, vfs, target, mountpoint)
+        if isinstance(mounted, ApplianceError):
+            if not vfs:
+                raise mounted
             # The type came from the golden image's fstab: let mount find it out.
             app.call(what, h.mount_vfs, options, "", target, mountpoint)
 

@@ -219,3 +219,24 @@ def test_inspection_finds_partitions_the_quick_probe_misses(
     # As if the root were past the partition numbers probed one by one.
     monkeypatch.setattr(inspect, "PROBED_PARTITIONS", 0)
     assert inspect.inspect_golden(lab.app, lab.golden) == usual
+
+
+def test_inspection_maps_fstab_uuids_and_labels(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = lab.app.handle
+    index = lab.drives["inspect"]
+    device = lab.app.device(index) + "1"
+    h.set_label(device, "vmbuild-test")
+    uuid = h.vfs_uuid(device)
+    h.mount(device, "/")
+    try:
+        fstab = bytes(h.read_file("/etc/fstab")).decode()
+        extra = f"UUID={uuid.upper()} /srv ext4 defaults 0 2\nLABEL=vmbuild-test /mnt auto 0 2\n"
+        h.write("/etc/fstab", (fstab + extra).encode())
+    finally:
+        h.umount_all()
+    # Found among the partitions probed by number, and through the full list.
+    for probed in (inspect.PROBED_PARTITIONS, 0):
+        monkeypatch.setattr(inspect, "PROBED_PARTITIONS", probed)
+        facts = inspect.inspect_golden(lab.app, index)
+        assert dict(facts.mounts) == {"/": device, "/srv": device, "/mnt": device}
+        assert facts.filesystems == ((device, "ext4"),)
