@@ -127,8 +127,20 @@ def file_digest(path: Path) -> str:
 
 
 def sums_text(root: Path, digests: dict[str, str]) -> str:
-    """SHA256SUMS in the format sha256sum -c reads, sorted by path."""
-    return "".join(f"{digests[name]}  {name}\n" for name in sorted(digests))
+    """SHA256SUMS in the format sha256sum -c reads, sorted by path.
+
+    Like GNU sha256sum, a name with a backslash, newline or carriage return is
+    written escaped (\\\\, \\n, \\r) on a line that starts with a backslash; every
+    other name is written as it is.
+    """
+    lines = []
+    for name in sorted(digests):
+        if any(char in name for char in "\\\n\r"):
+            escaped = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+            lines.append(f"\\{digests[name]}  {escaped}\n")
+        else:
+            lines.append(f"{digests[name]}  {name}\n")
+    return "".join(lines)
 
 
 def tree_files(root: Path) -> list[str]:

@@ -277,8 +277,13 @@ def _check_seed_name(name: Any) -> str:
 
 
 def _check_bundle_path(name: Any) -> str:
+    from .profile import control_character
+
     if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
         return "is not a relative path"
+    found = control_character(name)
+    if found:
+        return f"contains a control character ({found})"
     if name.startswith("/") or ".." in name.split("/") or posixpath.normpath(name) != name:
         return "must be a normalised path inside the bundle"
     if name in BUNDLE_RESERVED or name.split("/")[0] == "vms":

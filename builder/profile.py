@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import enum
+import fractions
 import hashlib
 import ipaddress
 import json
 import re
 import tomllib
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,7 +192,9 @@ class Profile:
 
 # --------------------------------------------------------------------------- sizes
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?B?)\s*$")
+_SIZE_RE = re.compile(r" *([0-9]+(?:\.[0-9]+)?) *([kKmMgGtT]?)(i?B?) *")
+#: More digits than any size needs (2**64 bytes has 20).
+_SIZE_DIGITS = 30
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -205,16 +209,18 @@ def parse_size(text: str | int) -> int:
         if text < 0:
             raise ValueError("is negative")
         return text
-    match = _SIZE_RE.match(text)
+    match = _SIZE_RE.fullmatch(text)
     if not match:
         raise ValueError("is not a size like 20G, 512M or 20GiB")
     number, unit, suffix = match.groups()
+    if len(number) > _SIZE_DIGITS:
+        raise ValueError("is too large")
     if suffix == "B" and unit:
         raise ValueError(f"is ambiguous: write {unit.upper()} or {unit.upper()}iB (binary units)")
     if suffix == "i" or (suffix == "iB" and not unit):
         raise ValueError("is not a size like 20G, 512M or 20GiB")
-    value = float(number) * _SIZE_UNITS[unit.lower()]
-    if value != int(value):
+    value = fractions.Fraction(number) * _SIZE_UNITS[unit.lower()]
+    if value.denominator != 1:
         raise ValueError("is not a whole number of bytes")
     return int(value)
 
@@ -228,22 +234,153 @@ def format_size(value: int) -> str:
 
 # ---------------------------------------------------------------------- checkers
 
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_CRYPT = re.compile(r"^\$(1|2[abxy]|5|6|y|gy|7|sha1)\$[./A-Za-z0-9$=,]+$")
+# Every check is a whole-string match (re.fullmatch): "web\n" is not a name.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_MAC = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_CRYPT = re.compile(r"\$(?:1|2[abxy]|5|6|y|gy|7|sha1)\$[./A-Za-z0-9$=,]+")
+_KEYMAP = re.compile(r"[a-z]{2}(?:-[a-z]+)?")
+_NIC_MODEL = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_NET_SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators,
+#: as a regex class body: none of them may appear in a profile's values.
+_CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
+#: An authorized_keys line: [options] type base64 [comment], on one line. The
+#: options field has no spaces; the comment is anything but a control character.
 _SSH_KEY = re.compile(
-    r"^(?:\S+\s+)?(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)"
-    r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)\s+[A-Za-z0-9+/]+={0,3}(\s.*)?$"
+    rf"(?:[^ {_CONTROL_CLASS}]+ +)?"
+    r"(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)"
+    r"|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+    rf" +[A-Za-z0-9+/]+={{0,3}}(?: [^{_CONTROL_CLASS}]*)?"
 )
-_GROUP_N = re.compile(r"\{n(?::(0\d+))?\}")
+_GROUP_N = re.compile(r"\{n(?::(0[0-9]+))?\}")
+#: The widest {n:0W} that can still give a valid name or hostname.
+_GROUP_WIDTH_MAX = 63
 _INVALID: Any = object()
 
 
 def is_hostname_label(text: str) -> bool:
-    return bool(_HOST_LABEL.match(text))
+    return bool(_HOST_LABEL.fullmatch(text))
+
+
+#: Unicode's names for the control characters (unicodedata has none for them).
+_CONTROL_NAMES = (
+    "NULL",
+    "START OF HEADING",
+    "START OF TEXT",
+    "END OF TEXT",
+    "END OF TRANSMISSION",
+    "ENQUIRY",
+    "ACKNOWLEDGE",
+    "BELL",
+    "BACKSPACE",
+    "CHARACTER TABULATION",
+    "LINE FEED",
+    "LINE TABULATION",
+    "FORM FEED",
+    "CARRIAGE RETURN",
+    "SHIFT OUT",
+    "SHIFT IN",
+    "DATA LINK ESCAPE",
+    "DEVICE CONTROL ONE",
+    "DEVICE CONTROL TWO",
+    "DEVICE CONTROL THREE",
+    "DEVICE CONTROL FOUR",
+    "NEGATIVE ACKNOWLEDGE",
+    "SYNCHRONOUS IDLE",
+    "END OF TRANSMISSION BLOCK",
+    "CANCEL",
+    "END OF MEDIUM",
+    "SUBSTITUTE",
+    "ESCAPE",
+    "FILE SEPARATOR",
+    "GROUP SEPARATOR",
+    "RECORD SEPARATOR",
+    "UNIT SEPARATOR",
+)
+_C1_NAMES = (
+    "PADDING CHARACTER",
+    "HIGH OCTET PRESET",
+    "BREAK PERMITTED HERE",
+    "NO BREAK HERE",
+    "INDEX",
+    "NEXT LINE",
+    "START OF SELECTED AREA",
+    "END OF SELECTED AREA",
+    "CHARACTER TABULATION SET",
+    "CHARACTER TABULATION WITH JUSTIFICATION",
+    "LINE TABULATION SET",
+    "PARTIAL LINE FORWARD",
+    "PARTIAL LINE BACKWARD",
+    "REVERSE LINE FEED",
+    "SINGLE SHIFT TWO",
+    "SINGLE SHIFT THREE",
+    "DEVICE CONTROL STRING",
+    "PRIVATE USE ONE",
+    "PRIVATE USE TWO",
+    "SET TRANSMIT STATE",
+    "CANCEL CHARACTER",
+    "MESSAGE WAITING",
+    "START OF GUARDED AREA",
+    "END OF GUARDED AREA",
+    "START OF STRING",
+    "SINGLE GRAPHIC CHARACTER INTRODUCER",
+    "SINGLE CHARACTER INTRODUCER",
+    "CONTROL SEQUENCE INTRODUCER",
+    "STRING TERMINATOR",
+    "OPERATING SYSTEM COMMAND",
+    "PRIVACY MESSAGE",
+    "APPLICATION PROGRAM COMMAND",
+)
+
+
+def control_character(text: str) -> str:
+    """The first control character in ``text``, described like "U+000A LINE FEED";
+    "" when there is none. Control characters are C0 (tab, newline and carriage
+    return included), DEL, C1 and the line and paragraph separators U+2028/U+2029:
+    anything that could end a line, or change what a terminal shows, in a file
+    vmbuild writes."""
+    match = _CONTROL.search(text)
+    if match is None:
+        return ""
+    code = ord(match.group())
+    if code < 0x20:
+        name = _CONTROL_NAMES[code]
+    elif code == 0x7F:
+        name = "DELETE"
+    elif code <= 0x9F:
+        name = _C1_NAMES[code - 0x80]
+    else:
+        name = unicodedata.name(match.group())
+    return f"U+{code:04X} {name}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as an escape (\\n, \\u007f),
+    so that a message about it stays on one line and shows what is there."""
+    short = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return _CONTROL.sub(lambda m: short.get(m.group(), f"\\u{ord(m.group()):04x}"), text)
+
+
+def _find_control(value: Any) -> str:
+    """control_character() of the first string inside ``value`` (lists and tables
+    included, keys too) that has one; "" when none does."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            found = control_character(item)
+            if found:
+                return found
+        elif isinstance(item, list):
+            pending.extend(reversed(item))
+        elif isinstance(item, dict):
+            for key, element in reversed(list(item.items())):
+                pending.extend((element, key))
+    return ""
 
 
 def normalise_mac(text: str) -> str:
@@ -252,14 +389,16 @@ def normalise_mac(text: str) -> str:
 
 def _bare(value: Any) -> str:
     """Addresses as written (ip 192.168.10.300), like the other messages about them."""
-    if isinstance(value, str) and value and not re.search(r'[\s"]', value):
+    if isinstance(value, str) and value and not re.search(rf'[\s"{_CONTROL_CLASS}]', value):
         return value
     return _quote(value)
 
 
 def _quote(value: Any) -> str:
+    """A value as TOML-like text on one line: strings quoted, control characters
+    escaped (JSON escapes the C0 ones; DEL, C1, U+2028 and U+2029 too here)."""
     if isinstance(value, (str, list, dict)):
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return escape_controls(json.dumps(value, ensure_ascii=False, default=str))
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -307,12 +446,36 @@ class _Checker:
                 return self.add(place, f"{key} is required")
             return default
         value = table[key]
+        # Checked before parsing, so that it is the one problem reported.
+        if isinstance(value, list):
+            for index, element in enumerate(value):
+                found = _find_control(element)
+                if found:
+                    return self.add(
+                        place,
+                        f"{key} item {index + 1} {_bare(element)} "
+                        f"contains a control character ({found})",
+                    )
+        else:
+            found = _find_control(value)
+            if found:
+                return self.add(
+                    place, f"{key} {show(value)} contains a control character ({found})"
+                )
         try:
             return parse(value)
         except _ItemError as err:
             return self.add(place, f"{key} item {err.index} {_bare(err.element)} {err}")
         except ValueError as err:
-            return self.add(place, f"{key} {show(value)} {err}")
+            return self.add(place, f"{key} {show(value)} {err}", getattr(err, "hint", ""))
+
+
+class _HintedError(ValueError):
+    """A bad value whose message comes with a hint on how to write it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class _ItemError(ValueError):
@@ -366,13 +529,31 @@ def _choice(kind: type[E]) -> Callable[[Any], E]:
     return parse
 
 
-def _size(minimum: int, multiple: int) -> Callable[[Any], int]:
+_UNIT_NAMES = {"M": "MiB", "G": "GiB"}
+
+
+def _size(minimum: int, multiple: int, bare_units: Sequence[str]) -> Callable[[Any], int]:
+    """A size of at least ``minimum`` bytes, a whole number of ``multiple``. A bare
+    number too small to be meant as bytes gets a hint with the first of
+    ``bare_units`` ("M", "G") that makes it a valid size."""
+
     def parse(value: Any) -> int:
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise ValueError("is not a size like 20G, 512M or 20GiB")
         size = parse_size(value)
         if size < minimum:
-            raise ValueError(f"is smaller than {format_size(minimum)}")
+            message = f"is smaller than {format_size(minimum)}"
+            if isinstance(value, int) and value > 0:
+                unit = next(
+                    (u for u in bare_units if value * _SIZE_UNITS[u.lower()] >= minimum),
+                    bare_units[-1],
+                )
+                raise _HintedError(
+                    message,
+                    f'a bare number counts bytes: write "{value}{unit}" '
+                    f"for {value} {_UNIT_NAMES[unit]}",
+                )
+            raise ValueError(message)
         if size % multiple:
             raise ValueError(f"is not a whole number of {format_size(multiple)} units")
         return size
@@ -404,7 +585,7 @@ def _subnet(value: Any) -> ipaddress.IPv4Network:
 
 
 def _mac(value: Any) -> str:
-    if not isinstance(value, str) or not _MAC.match(value):
+    if not isinstance(value, str) or not _MAC.fullmatch(value):
         raise ValueError("is not a MAC address like 52:54:00:12:34:56")
     first = int(value[:2], 16)
     if first & 1:
@@ -457,15 +638,15 @@ def _string_list(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
 
 
 def _ssh_key(value: Any) -> str:
-    text = _string(value).strip()
-    if not _SSH_KEY.match(text):
+    text = _string(value).strip(" ")
+    if not _SSH_KEY.fullmatch(text):
         raise ValueError("is not an SSH public key like 'ssh-ed25519 AAAA... comment'")
     return text
 
 
 def _password_hash(value: Any) -> str:
     text = _string(value)
-    if not _CRYPT.match(text):
+    if not _CRYPT.fullmatch(text):
         raise ValueError(
             "is not a crypt(3) password hash; make one with 'openssl passwd -6' or "
             "'mkpasswd -m yescrypt' (plain passwords are never written into images)"
@@ -475,21 +656,21 @@ def _password_hash(value: Any) -> str:
 
 def _keymap(value: Any) -> str:
     text = _string(value)
-    if not re.match(r"^[a-z]{2}(-[a-z]+)?$", text):
+    if not _KEYMAP.fullmatch(text):
         raise ValueError("is not a keymap like en-us or de")
     return text
 
 
 def _nic_model(value: Any) -> str:
     text = _string(value)
-    if not re.match(r"^[a-z0-9][a-z0-9_-]*$", text):
+    if not _NIC_MODEL.fullmatch(text):
         raise ValueError("is not a NIC model like virtio or e1000")
     return text
 
 
 def _vm_name(value: Any) -> str:
     text = _string(value)
-    if not _VM_NAME.match(_GROUP_N.sub("0", text)):
+    if _too_wide(text) or not _VM_NAME.fullmatch(_GROUP_N.sub("0", text)):
         raise ValueError(
             "is not a valid name (1-63 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit)"
@@ -507,8 +688,9 @@ _ACCOUNT_KEYS = ("name", "ssh_authorized_keys", "password_hash", "sudo")
 #: Keys that [defaults] sets for every VM and any [[vm]] may override.
 _VM_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "vcpus": (_integer(1, 4096), 2),
-    "memory": (_size(16 << 20, 1 << 20), 2 << 30),
-    "disk_size": (_size(1 << 20, 1 << 20), None),
+    # virt-install takes a bare memory in MiB and a bare disk size in GiB.
+    "memory": (_size(16 << 20, 1 << 20, ("M", "G")), 2 << 30),
+    "disk_size": (_size(1 << 20, 1 << 20, ("G",)), None),
     "disk_mode": (_choice(DiskMode), DiskMode.OVERLAY),
     "disk_format": (_choice(DiskFormat), DiskFormat.QCOW2),
     "disk_bus": (_choice(Bus), Bus.VIRTIO),
@@ -529,7 +711,7 @@ def _account(check: _Checker, table: Mapping[str, Any], place: str, root: bool) 
         name = "root"
     else:
         name = check.get(table, "name", place, _string, required=True)
-        if name is not _INVALID and (not _USER_NAME.match(name) or name == "root"):
+        if name is not _INVALID and (not _USER_NAME.fullmatch(name) or name == "root"):
             name = check.add(
                 place,
                 f"name {_quote(name)} is not a user name (lower-case letters, digits, "
@@ -541,6 +723,15 @@ def _account(check: _Checker, table: Mapping[str, Any], place: str, root: bool) 
     if _INVALID in (name, keys, password, sudo):
         return None
     return Account(name, keys, password, sudo)
+
+
+def _too_wide(pattern: str) -> bool:
+    """A {n:0W} wider than any name can be (and too wide to expand)."""
+    return any(
+        len(width) > 3 or int(width) > _GROUP_WIDTH_MAX
+        for width in _GROUP_N.findall(pattern)
+        if width
+    )
 
 
 def _expand_name(pattern: str, number: int) -> str:
@@ -590,16 +781,17 @@ def _parse_vms(
         name = check.get(entry, "name", place, _vm_name, required=True)
         count = check.get(entry, "count", place, _integer(1, 4096), 1)
         first = check.get(entry, "first", place, _integer(0, 1_000_000), 1)
-        hostname_raw = entry.get("hostname")
+        hostname_raw = check.get(entry, "hostname", place, lambda value: value)
         ip = check.get(entry, "ip", place, _ipv4, required=True, show=_bare)
         mac = check.get(entry, "mac", place, _mac, show=_bare)
         uid = check.get(entry, "uuid", place, _uuid)
         vnc_port = check.get(entry, "vnc_port", place, _integer(5900, 65535))
-        if _INVALID in (name, count, first, ip, mac, uid, vnc_port):
+        if _INVALID in (name, count, first, hostname_raw, ip, mac, uid, vnc_port):
             continue
         if (
             values["disk_mode"] is DiskMode.OVERLAY
             and ("disk_format" in entry or "disk_format" in defaults)
+            and isinstance(values["disk_format"], DiskFormat)
             and values["disk_format"] is not DiskFormat.QCOW2
         ):
             check.add(
@@ -629,6 +821,11 @@ def _parse_vms(
             if "{" in _GROUP_N.sub("", name) or "}" in _GROUP_N.sub("", name):
                 check.add(place, f"name {_quote(name)} has braces other than {{n}}")
                 continue
+        # The last name has the most digits: {n} can only make names longer.
+        longest = _expand_name(name, first + count - 1)
+        if not _VM_NAME.fullmatch(longest):
+            check.add(place, f"name {_quote(name)} gives {longest}, longer than 63 characters")
+            continue
         for offset in range(count):
             number = first + offset
             vm_name = _expand_name(name, number)
@@ -639,7 +836,7 @@ def _parse_vms(
             else:
                 hostname_text = (
                     _expand_name(hostname_raw, number)
-                    if isinstance(hostname_raw, str)
+                    if isinstance(hostname_raw, str) and not _too_wide(hostname_raw)
                     else hostname_raw
                 )
                 key_for_message = "hostname"
@@ -729,7 +926,7 @@ def _override_value(text: str) -> Any:
     """--set values are TOML values when they parse as one, otherwise strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError, or too deep or too long
         return text
 
 
@@ -737,8 +934,15 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> list[Probl
     """Apply KEY=VALUE overrides by dotted path; [[vm]] entries by index or name."""
     problems = []
     for item in overrides:
-        place = f"--set {item}"
+        place = f"--set {escape_controls(item)}"
         key, sep, text = item.partition("=")
+        found = control_character(item)
+        if found:
+            what = f"value {_quote(text)}" if sep and not control_character(key) else "key"
+            if what == "key":
+                what = f"key {_quote(key if sep else item)}"
+            problems.append(Problem(place, f"{what} contains a control character ({found})"))
+            continue
         if not sep or not key.strip():
             problems.append(Problem(place, "expected KEY=VALUE, e.g. lab.domain_type=qemu"))
             continue
@@ -794,7 +998,11 @@ def read_profile(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML: {err}") from None
+        raise UserError(f"{path}: not valid TOML: {escape_controls(str(err))}") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise UserError(f"{path}: not valid TOML: a number has too many digits") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
 
 
 def load_profile(
@@ -845,7 +1053,7 @@ def parse_profile(
     elif "debian" in base_raw:
         image = None
         release = check.get(base_raw, "debian", "base", _debian_release)
-        size = check.get(base_raw, "size", "base", _size(1 << 30, 1 << 20), 4 << 30)
+        size = check.get(base_raw, "size", "base", _size(1 << 30, 1 << 20, ("G",)), 4 << 30)
         packages = check.get(base_raw, "packages", "base", _string_list(_package), ())
         if "sha256" in base_raw:
             check.add(
@@ -880,7 +1088,7 @@ def parse_profile(
             f"create = true makes a libvirt network, but type is {net_type.value}",
             hint='use type = "network", or drop create',
         )
-    if isinstance(source, str) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", source):
+    if isinstance(source, str) and not _NET_SOURCE.fullmatch(source):
         check.add("network", f"source {_quote(source)} is not a bridge or network name")
     subnet = check.get(net_raw, "subnet", "network", _subnet, required=True, show=_bare)
     gateway = check.get(net_raw, "gateway", "network", _ipv4, show=_bare)
@@ -953,6 +1161,6 @@ def _sha256_pin(value: Any) -> str:
     text = _string(value)
     if text.startswith("sha256:"):
         text = text[len("sha256:") :]
-    if not _SHA256.match(text):
+    if not _SHA256.fullmatch(text):
         raise ValueError("is not a sha256 digest (64 hex digits)")
     return text

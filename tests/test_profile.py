@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import tomllib
 from pathlib import Path
 
 import pytest
-from vmbuild.errors import ProfileError
+from vmbuild.errors import Problem, ProfileError
 from vmbuild.plan import make_plan
 from vmbuild.profile import (
     Bus,
@@ -16,8 +18,13 @@ from vmbuild.profile import (
     Machine,
     Profile,
     SeedBus,
+    apply_overrides,
+    control_character,
+    escape_controls,
     format_size,
+    is_hostname_label,
     load_profile,
+    parse_profile,
     parse_size,
 )
 
@@ -99,6 +106,10 @@ def test_parse_size(text: str | int, expected: int) -> None:
         ("1.3K", "is not a whole number of bytes"),
         ("0.5", "is not a whole number of bytes"),
         ("1e9", "is not a size like"),
+        ("20G\n", "is not a size like"),
+        ("\t20G", "is not a size like"),
+        ("\u0663G", "is not a size like"),  # ARABIC-INDIC DIGIT THREE
+        ("9" * 400, "is too large"),
         (-1, "is negative"),
         (True, "is not a size"),
     ],
@@ -437,3 +448,156 @@ def test_fqdn_joins_hostname_and_domain(tmp_path: Path) -> None:
         ("web", "web", "web.lab.example"),
         ("db", "pg", "pg.lab.example"),
     ]
+
+
+def test_set_value_must_not_carry_a_newline(tmp_path: Path) -> None:
+    raw = {"lab": {"name": "lab", "seed": "s"}}
+    problems = apply_overrides(raw, ["lab.seed=x\ny", "lab.domain=a\n[lab]\nname = 'evil'"])
+    assert problems == [
+        Problem(
+            r"--set lab.seed=x\ny", r'value "x\ny" contains a control character (U+000A LINE FEED)'
+        ),
+        Problem(
+            r"--set lab.domain=a\n[lab]\nname = 'evil'",
+            r"""value "a\n[lab]\nname = 'evil'" contains a control character (U+000A LINE FEED)""",
+        ),
+    ]
+    assert raw == {"lab": {"name": "lab", "seed": "s"}}, "a refused value is not applied"
+    # A value that would be TOML up to the newline (8) is refused too, not cut short.
+    path = tmp_path / "lab.toml"
+    path.write_text(HEAD + WEB_DB)
+    with pytest.raises(ProfileError) as info:
+        load_profile(path, ["defaults.vcpus=8\nmemory = 1", "lab.s\teed=x"])
+    assert [str(problem) for problem in info.value.problems] == [
+        r'--set defaults.vcpus=8\nmemory = 1: value "8\nmemory = 1" contains a control '
+        "character (U+000A LINE FEED)",
+        r'--set lab.s\teed=x: key "lab.s\teed" contains a control character '
+        "(U+0009 CHARACTER TABULATION)",
+    ]
+
+
+def test_set_value_made_by_a_toml_escape_is_refused_where_it_lands(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(HEAD + WEB_DB)
+    raw = tomllib.loads(path.read_text())
+    with pytest.raises(ProfileError) as info:
+        parse_profile(raw, path, ['vm.web.hostname="web\\n"', 'network.dns=["198.51.100.53\\r"]'])
+    assert [str(problem) for problem in info.value.problems] == [
+        r'network: dns item 1 "198.51.100.53\r" contains a control character '
+        "(U+000D CARRIAGE RETURN)",
+        r'vm "web": hostname "web\n" contains a control character (U+000A LINE FEED)',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("web", ""),
+        ("naïve ☃ 東京", ""),
+        ("web\n", "U+000A LINE FEED"),
+        ("a\tb", "U+0009 CHARACTER TABULATION"),
+        ("\r", "U+000D CARRIAGE RETURN"),
+        ("\0", "U+0000 NULL"),
+        ("\x1b[31m", "U+001B ESCAPE"),
+        ("\x7f", "U+007F DELETE"),
+        ("\x85", "U+0085 NEXT LINE"),
+        ("\x9b", "U+009B CONTROL SEQUENCE INTRODUCER"),
+        ("a\u2028b", "U+2028 LINE SEPARATOR"),
+        ("a\u2029b", "U+2029 PARAGRAPH SEPARATOR"),
+        ("first \n then \t", "U+000A LINE FEED"),
+    ],
+)
+def test_control_character(text: str, found: str) -> None:
+    assert control_character(text) == found
+    escaped = escape_controls(text)
+    assert control_character(escaped) == ""
+    assert (escaped == text) == (found == "")
+
+
+def test_validators_match_whole_values() -> None:
+    assert is_hostname_label("web")
+    for text in ("web\n", "web\r", "web ", "-web", "web\n\n", "w\neb"):
+        assert not is_hostname_label(text), repr(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("name", "web\n", 'vm "web\\n": name "web\\n" contains a control character'),
+        ("hostname", "web\n", 'vm "web": hostname "web\\n" contains a control character'),
+        ("mac", "52:54:00:12:34:56\n", 'vm "web": mac "52:54:00:12:34:56\\n" contains'),
+        ("ip", "198.51.100.10\n", 'vm "web": ip "198.51.100.10\\n" contains'),
+        ("nic_model", "virtio\n", 'vm "web": nic_model "virtio\\n" contains'),
+        ("vnc_keymap", "en-us\n", 'vm "web": vnc_keymap "en-us\\n" contains'),
+        ("memory", "2G\n", 'vm "web": memory "2G\\n" contains'),
+        ("disk_mode", "copy\x7f", 'vm "web": disk_mode "copy\\u007f" contains'),
+    ],
+)
+def test_a_control_character_is_the_one_problem_reported(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    raw = tomllib.loads(HEAD + '\n[[vm]]\nname = "web"\nip = "198.51.100.10"\n')
+    raw["vm"][0][key] = value
+    with pytest.raises(ProfileError) as info:
+        parse_profile(raw, tmp_path / "lab.toml")
+    [problem] = info.value.problems
+    assert str(problem).startswith(message)
+    assert "\n" not in str(problem)
+
+
+def test_ssh_keys_are_one_line_each(tmp_path: Path) -> None:
+    good = [
+        KEY,
+        KEY.replace("t@lab", "Jürgen's laptop, 2024"),
+        'from="198.51.100.0/24",no-pty ' + KEY,
+        KEY.rsplit(" ", 1)[0],
+    ]
+    text = HEAD + f'[user]\nname = "lab"\nssh_authorized_keys = {json.dumps(good)}\n' + WEB_DB
+    user = load(tmp_path, text).vms[0].user
+    assert user is not None and user.ssh_authorized_keys == tuple(good)
+    for bad in (KEY + "\u2028" + KEY, KEY + "\r", KEY + "\x85command=x"):
+        raw = tomllib.loads(HEAD + WEB_DB)
+        raw["user"] = {"name": "lab", "ssh_authorized_keys": [KEY, bad]}
+        with pytest.raises(ProfileError) as info:
+            parse_profile(raw, tmp_path / "lab.toml")
+        [problem] = info.value.problems
+        assert problem.place == "user"
+        assert problem.message.startswith("ssh_authorized_keys item 2 ")
+        assert "contains a control character" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (
+            "memory = 12288",
+            "memory 12288 is smaller than 16M (a bare number counts bytes: "
+            'write "12288M" for 12288 MiB)',
+        ),
+        (
+            "memory = 4",
+            'memory 4 is smaller than 16M (a bare number counts bytes: write "4G" for 4 GiB)',
+        ),
+        (
+            "disk_size = 20",
+            'disk_size 20 is smaller than 1M (a bare number counts bytes: write "20G" for 20 GiB)',
+        ),
+        ("memory = 0", "memory 0 is smaller than 16M"),
+        ('memory = "12288"', 'memory "12288" is smaller than 16M'),
+    ],
+)
+def test_a_bare_number_size_hints_at_units(tmp_path: Path, setting: str, expected: str) -> None:
+    text = HEAD + f"\n[defaults]\n{setting}\n" + WEB_DB
+    with pytest.raises(ProfileError) as info:
+        load(tmp_path, text)
+    assert [str(problem) for problem in info.value.problems] == [f"defaults: {expected}"]
+
+
+def test_a_bare_number_size_from_set_hints_too(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError) as info:
+        load(tmp_path, HEAD + WEB_DB, ("vm.db.memory=12288",))
+    [problem] = info.value.problems
+    assert problem.place == 'vm "db"'
+    assert problem.hint == 'a bare number counts bytes: write "12288M" for 12288 MiB'
+    # Large enough to be bytes: no hint, and accepted when it is whole MiB.
+    assert load(tmp_path, HEAD + WEB_DB, ("vm.db.memory=1073741824",)).vms[1].memory == 1 << 30
