@@ -178,15 +178,15 @@ def _wait_until_ready(agent: Agent, deadline: float) -> tuple[str, str]:
 def check_vm(virsh: Virsh, want: Expected, wait: float, start: float) -> VmReport:
     """Ask one VM's guest agent everything the bundle says about it."""
     report = VmReport(want.name)
+    deadline = start + wait
     try:
         state = virsh.state(want.name)
+        while state != "running" and time.monotonic() < deadline:
+            time.sleep(_POLL)
+            state = virsh.state(want.name)  # the domain may be undefined meanwhile
     except VirshError as err:
-        report.add("domain", str(err), "running")
+        report.add("domain", _domain_problem(err), "running")
         return report
-    deadline = start + wait
-    while state != "running" and time.monotonic() < deadline:
-        time.sleep(_POLL)
-        state = virsh.state(want.name)
     report.add("domain", state, "running")
     if state != "running":
         return report
@@ -202,6 +202,15 @@ def check_vm(virsh: Virsh, want: Expected, wait: float, start: float) -> VmRepor
         report.add("agent", str(err), "answering")
     report.add("cloud-init", f"{status} ({detail})" if detail else status, "done")
     return report
+
+
+def _domain_problem(err: VirshError) -> str:
+    """What a failed virsh call on a domain means for its check: most often that the
+    domain is not (or no longer) defined; virsh's own message says the rest."""
+    message = str(err)
+    if any(text in message.lower() for text in ("failed to get domain", "domain not found")):
+        return f"not defined ({message})"
+    return f"unknown ({message})"
 
 
 def _ask(agent: Agent, want: Expected, report: VmReport) -> None:
@@ -273,7 +282,11 @@ def check_bundle(
     start = time.monotonic()
 
     def one(want: Expected) -> VmReport:
-        report = check_vm(virsh, want, wait, start)
+        try:
+            report = check_vm(virsh, want, wait, start)
+        except VirshError as err:  # one VM's trouble must not cost the others' report
+            report = VmReport(want.name)
+            report.add("domain", _domain_problem(err), "running")
         when = f" after {report.ready_after:.0f}s" if report.ready_after is not None else ""
         progress(f"  {want.name}: {'ok' if report.ok else 'differs'}{when}")
         return report

@@ -338,19 +338,27 @@ def doctor(
     quick: Annotated[
         bool, typer.Option("--quick", help="Do not start a libguestfs appliance to test it.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also show the rest of a check's message (e.g. QEMU's), under its row.",
+        ),
+    ] = False,
 ) -> None:
     """Report what this host has for vmbuild: qemu-img, ssh-keygen, libguestfs and its
     appliance, whether KVM really works (else TCG), libvirtd, virt-xml-validate.
 
+    One row per check, with the first line of what it found; -v shows the other
+    lines too (a tool's full error message), indented under the row.
+
     Exits 3 when something a build needs is missing.
     """
-    from .doctor import run_checks
+    from .doctor import run_checks, table
 
     checks = run_checks(launch=not quick)
-    width = max(len(check.name) for check in checks)
-    for check in checks:
-        mark = "ok" if check.ok else ("MISSING" if check.required else "no")
-        print(f"{check.name.ljust(width)}  {mark.ljust(7)}  {check.detail}")
+    print(table(checks, verbose))
     if any(check.required and not check.ok for check in checks):
         raise typer.Exit(3)
 

@@ -21,6 +21,20 @@ class Check:
     #: A build cannot work without it.
     required: bool
 
+    @property
+    def headline(self) -> str:
+        """The detail's first non-empty line: what fits in the check's row."""
+        return (_lines(self.detail) or [""])[0]
+
+    @property
+    def more(self) -> list[str]:
+        """The detail's other non-empty lines (a subprocess's message may have several)."""
+        return _lines(self.detail)[1:]
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
 
 def _version(command: list[str], pick: str = "") -> tuple[bool, str]:
     if shutil.which(command[0]) is None:
@@ -42,9 +56,9 @@ def _appliance() -> tuple[bool, str]:
     start = time.monotonic()
     try:
         with Appliance(call_timeout=60) as app:
-            app.handle.add_drive_scratch(16 << 20)
+            app.call("adding a scratch drive", app.handle.add_drive_scratch, 16 << 20)
             app.launch()
-            version = app.handle.version()
+            version = app.call("asking for the version", app.handle.version)
             accel = app.accel
     except BuildError as err:
         return False, err.message
@@ -73,14 +87,11 @@ def run_checks(launch: bool = True) -> list[Check]:
             ok, detail = False, err.message
     checks.append(Check("libguestfs", ok, detail, True))
     usable, reason = kvm_usable()
-    checks.append(
-        Check(
-            "kvm",
-            usable,
-            reason if usable else f"not usable: {reason}; libguestfs uses TCG (slower)",
-            False,
-        )
-    )
+    if not usable:
+        # QEMU's reason may be several lines: the consequence belongs on the first.
+        first, *rest = _lines(reason) or [""]
+        reason = "\n".join([f"not usable: {first}; libguestfs uses TCG (slower)", *rest])
+    checks.append(Check("kvm", usable, reason, False))
     ok, detail = _version(["virsh", "-c", "qemu:///system", "version", "--daemon"], "daemon")
     checks.append(
         Check("libvirt", ok, detail if ok else f"no libvirtd reachable ({detail})", False)
@@ -113,3 +124,17 @@ def run_checks(launch: bool = True) -> list[Check]:
         )
     )
     return checks
+
+
+def table(checks: list[Check], verbose: bool = False) -> str:
+    """One row per check, its detail's first line in the row; with ``verbose`` the
+    rest of the detail follows, indented under the row, so rows stay one line each."""
+    width = max(len(check.name) for check in checks)
+    indent = " " * (width + 2 + 7 + 2)
+    lines = []
+    for check in checks:
+        mark = "ok" if check.ok else ("MISSING" if check.required else "no")
+        lines.append(f"{check.name.ljust(width)}  {mark.ljust(7)}  {check.headline}".rstrip())
+        if verbose:
+            lines += [indent + line for line in check.more]
+    return "\n".join(lines)

@@ -1,18 +1,29 @@
 """vmbuild check's pure parts: fingerprints, reading a bundle, comparing VMs with
-each other, the table; and the warning about folders libvirt's QEMU cannot enter.
-The check against running guests is in the boot tier (test_boot.py)."""
+each other, the table, a failing virsh as one VM's finding; and the warning about
+folders libvirt's QEMU cannot enter. The check against running guests is in the
+boot tier (test_boot.py), a domain undefined during --wait in test_check_wait.py."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vmbuild.check import Expected, VmReport, _shared, fingerprint, load_expected, table
+from vmbuild import check
+from vmbuild.check import (
+    Expected,
+    VmReport,
+    _shared,
+    check_bundle,
+    fingerprint,
+    load_expected,
+    table,
+)
 from vmbuild.errors import UserError
-from vmbuild.libvirt import unreachable_for_qemu
+from vmbuild.libvirt import Virsh, VirshError, unreachable_for_qemu
 
 ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIGm6AY2oSZm2fXRGQJ4ZcU5ZBjoGWnP1vFvmKDf0Hk1C"
 
@@ -75,6 +86,49 @@ def test_not_a_bundle_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(UserError, match="not a readable vmbuild manifest"):
         load_expected(tmp_path)
+
+
+@dataclass(frozen=True)
+class _GoneVirsh(Virsh):
+    """virsh where the domains in ``gone`` are not defined and the others are shut off."""
+
+    gone: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        """Nothing is run, so virsh need not be installed."""
+
+    def run(self, *args: str, timeout: float = 0) -> str:
+        if args[-1] in self.gone:
+            raise VirshError(f"failed to get domain '{args[-1]}'")
+        return "shut off\n"
+
+
+def test_a_failing_virsh_is_that_vms_finding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = _bundle(tmp_path / "b", None)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["vms"]["lab-db"] = manifest["vms"]["lab-web"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    reports = check_bundle(bundle, _GoneVirsh(gone=frozenset({"lab-web"})))
+    assert [(r.name, [(f.item, f.found) for f in r.findings]) for r in reports] == [
+        ("lab-web", [("domain", "not defined (failed to get domain 'lab-web')")]),
+        ("lab-db", [("domain", "shut off")]),
+    ]
+    # Whatever else fails in virsh for one VM is its finding too.
+    real = check.check_vm
+
+    def failing(virsh: Virsh, want: Expected, wait: float, start: float) -> VmReport:
+        if want.name == "lab-db":
+            raise VirshError("virsh qemu-agent-command: no answer within 30s")
+        return real(virsh, want, wait, start)
+
+    monkeypatch.setattr(check, "check_vm", failing)
+    web, db = check_bundle(bundle, _GoneVirsh())
+    assert [(f.item, f.found) for f in web.findings] == [("domain", "shut off")]
+    assert [(f.item, f.found, f.ok) for f in db.findings] == [
+        ("domain", "unknown (virsh qemu-agent-command: no answer within 30s)", False)
+    ]
 
 
 def _report(name: str, machine_id: str, keys: set[str]) -> VmReport:
