@@ -249,7 +249,13 @@ def plan_command(
         from .base import inspect_base
         from .customize import inspect_only, with_operations
 
-        facts = inspect_only(inspect_base(loaded, plan))
+        golden_base = inspect_base(loaded, plan)
+        if not golden_base.built:
+            raise UserError(
+                "the golden image is not built yet, so it cannot be inspected",
+                hint="`vmbuild build` or `vmbuild golden` builds it",
+            )
+        facts = inspect_only(golden_base)
         plan = with_operations(plan, facts, plugins)
     if as_json:
         sys.stdout.write(plan.to_json())

@@ -22,6 +22,7 @@ What the image is made to be (see DESIGN.md, "Identity rules" and "Facts"):
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import json
@@ -272,13 +273,60 @@ def _step(progress: Progress, title: str, timings: dict[str, float], key: str) -
     progress(f"  done in {timings[key]:.1f}s")
 
 
+def debootstrap_path() -> str | None:
+    """The debootstrap program, or None where it is not installed."""
+    return _which("debootstrap")
+
+
+def debootstrap_scripts() -> Path:
+    """Where debootstrap keeps its scripts, one per release it can install."""
+    return Path(os.environ.get("DEBOOTSTRAP_DIR") or "/usr/share/debootstrap") / "scripts"
+
+
+def debootstrap_releases() -> dict[str, str] | None:
+    """Each release debootstrap knows, with the script it shares (``sid`` for Debian's
+    releases); None where debootstrap or its scripts are not installed."""
+    if debootstrap_path() is None:
+        return None
+    folder = debootstrap_scripts()
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return None
+    releases = {
+        entry.name: Path(os.path.realpath(entry)).name
+        for entry in entries
+        if "." not in entry.name and entry.name != "debian-common" and entry.is_file()
+    }
+    return releases or None
+
+
+def release_problem(release: str) -> tuple[str, str] | None:
+    """(message, hint) when debootstrap does not know ``release``; None when it does,
+    or when it is not installed and cannot tell."""
+    known = debootstrap_releases()
+    if known is None or release in known:
+        return None
+    debian = [name for name, script in known.items() if script == "sid"]
+    close = difflib.get_close_matches(release, debian, n=1) or difflib.get_close_matches(
+        release, list(known), n=1
+    )
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    hint += f"debootstrap's Debian-family releases: {', '.join(debian or known)}"
+    hint += f"; its scripts are in {debootstrap_scripts()}"
+    return f'Debian release "{release}" is not one debootstrap knows', hint
+
+
 def _preflight(recipe: GoldenRecipe, folder: Path) -> None:
+    problem = release_problem(recipe.release)
+    if problem is not None:
+        raise UserError(problem[0], hint=problem[1])
     if os.geteuid() != 0:
         raise UserError(
             "building a golden image needs root: debootstrap installs packages as root",
             hint="run it as root, e.g. sudo vmbuild golden",
         )
-    if _which("debootstrap") is None:
+    if debootstrap_path() is None:
         raise UserError("debootstrap is not installed", hint="apt-get install debootstrap")
     if _which("qemu-img") is None:
         raise UserError("qemu-img is not installed", hint="apt-get install qemu-utils")

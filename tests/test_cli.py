@@ -375,7 +375,7 @@ def test_unreadable_golden_image(run_cli: RunCli, tmp_path: Path, golden: Path) 
 
 def test_golden_image_in_another_format(run_cli: RunCli, tmp_path: Path) -> None:
     raw = tmp_path / "golden.raw"
-    raw.write_bytes(b"\0" * 65536)
+    raw.write_bytes(bytes(510) + b"\x55\xaa" + bytes(65024))  # an empty MBR disk
     path = write_profile(tmp_path, raw)
     result = run_cli("validate", path)
     assert result.code == 2
