@@ -2,15 +2,19 @@
 
 Guest filesystems are only ever opened inside the appliance, never on the host.
 libguestfs calls block in C with no timeout of their own: a FIFO at a written
-path or a full host disk (QEMU pauses the appliance) would hang them forever, so a
-watchdog kills the appliance's QEMU when a call overruns, and the call then fails.
+path or a full host disk (QEMU pauses the appliance) would hang them forever. So
+each call runs on a worker thread while the main thread waits for it in Python,
+where a timeout, a full disk and a signal (Ctrl-C, SIGTERM) all reach it at once:
+the appliance's QEMU is then killed, and the call fails or the signal goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -18,10 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
+from . import qemuimg
 from .errors import BuildError
 from .log import detail
+from .space import free_space_problem
 
 T = TypeVar("T")
 
@@ -32,6 +38,13 @@ LAUNCH_TIMEOUT = 600.0
 APPLIANCE_CPUS = int(os.environ.get("VMBUILD_APPLIANCE_CPUS", "2"))
 #: A working KVM boots a kernel to its panic in about a second.
 KVM_PROBE_TIMEOUT = 12.0
+#: How often a waiting call looks at the free space beside its writable drives.
+POLL = 1.0
+#: A call that has waited this long while the filesystem beside a writable drive
+#: is full is taken to be stuck: QEMU pauses the appliance on ENOSPC.
+FULL_AFTER = 3.0
+#: How long a killed appliance's call may take to come back.
+DRAIN_TIMEOUT = 30.0
 
 
 def _cache_dir() -> Path:
@@ -154,25 +167,76 @@ def device_name(index: int) -> str:
     return "/dev/sd" + letters
 
 
+class _Call(Generic[T]):
+    """One call handed to the worker thread, and its outcome."""
+
+    def __init__(self, function: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self.function = function
+        self.args = args
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.function(*self.args)
+        except BaseException as err:  # handed back to the waiting thread
+            self.error = err
+        finally:
+            self.done.set()
+
+
+class _Worker:
+    """The one thread that talks to a handle. A daemon: a call stuck in C must not
+    keep the process alive once vmbuild has given up on it."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="guestfs", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job.run()
+
+    def submit(self, job: _Call[Any]) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+
 class Appliance:
     """A libguestfs handle with its drives. Use as a context manager."""
 
     def __init__(self, call_timeout: float = CALL_TIMEOUT) -> None:
         guestfs = guestfs_module()
         self.call_timeout = call_timeout
-        self.handle = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
+        self._worker = _Worker()
+        #: The call the worker runs now, if any.
+        self._busy: _Call[Any] | None = None
+        # Made on the worker thread, which makes every later call: libguestfs keeps
+        # its error handler per thread, and the binding silences it (errors become
+        # exceptions) only in the thread that made the handle.
+        self.handle = self.call(
+            "making a libguestfs handle",
+            functools.partial(guestfs.GuestFS, python_return_dict=True, close_on_exit=False),
+        )
         kvm, reason = kvm_usable()
         self.accel = "kvm" if kvm else "tcg"
+        h = self.handle
         if os.environ.get("LIBGUESTFS_BACKEND") is None:
-            self.handle.set_backend("direct")
+            self.call("choosing the backend", h.set_backend, "direct")
         if not kvm:
-            self.handle.set_backend_setting("force_tcg", "1")
-        detail(f"libguestfs: {self.accel} ({reason})")
-        self.handle.set_autosync(True)
+            self.call("choosing TCG", h.set_backend_setting, "force_tcg", "1")
+        detail(f"libguestfs: {self.accel} ({reason.splitlines()[0] if reason else ''})")
+        self.call("setting autosync", h.set_autosync, True)
         # Two vCPUs let the appliance probe its disks in parallel: with a lab's
         # worth of drives that shortens the launch by a fifth under TCG.
-        self.handle.set_smp(max(1, min(APPLIANCE_CPUS, os.cpu_count() or 1)))
+        self.call("setting the vCPUs", h.set_smp, max(1, min(APPLIANCE_CPUS, os.cpu_count() or 1)))
         self.drives: list[Path] = []
+        self._formats: list[str] = []
+        self._writable: set[Path] = set()
         self._devices: list[str] = []
         #: The daemon's umask once set (it lasts for the appliance's life).
         self.umask: int | None = None
@@ -188,22 +252,44 @@ class Appliance:
 
     def add(self, path: Path, fmt: str, *, readonly: bool) -> int:
         """Add a drive; returns its index (its device is known after launch)."""
-        self.handle.add_drive_opts(str(path), format=fmt, readonly=readonly)
+        add = functools.partial(self.handle.add_drive_opts, format=fmt, readonly=readonly)
+        self.call(f"adding {path}", add, str(path))
         self.drives.append(path)
+        self._formats.append(fmt)
+        if not readonly:
+            self._writable.add(path.parent)
         return len(self.drives) - 1
 
     def launch(self) -> None:
-        self.call(
-            f"starting the libguestfs appliance ({len(self.drives)} drives)",
-            self.handle.launch,
-            timeout=LAUNCH_TIMEOUT,
-        )
-        self._pid = self.handle.get_pid()
+        what = f"starting the libguestfs appliance ({len(self.drives)} drives)"
+        try:
+            self.call(what, self.handle.launch, timeout=LAUNCH_TIMEOUT)
+        except ApplianceTimeout:
+            raise
+        except ApplianceError as err:
+            raise self._launch_failure(what, err) from None
+        self._pid = self.call("asking for QEMU's pid", self.handle.get_pid)
         # libguestfs names the drives in the order they were added, as /dev/sda,
         # /dev/sdb, ... /dev/sdz, /dev/sdaa (guestfs(3), "BLOCK DEVICE NAMING").
         # Asking the appliance (list_devices) costs a tenth of a second per drive
         # under TCG.
         self._devices = [device_name(index) for index in range(len(self.drives))]
+
+    def _launch_failure(self, what: str, err: ApplianceError) -> ApplianceError:
+        """The cause of a failed launch, where vmbuild can tell it: libguestfs says only
+        that QEMU exited, also when a drive is locked by a running VM."""
+        for path, fmt in zip(self.drives, self._formats, strict=True):
+            try:
+                qemuimg.info(path, fmt)
+            except BuildError as probe:
+                if qemuimg.is_lock_error(probe):
+                    return ApplianceError(
+                        f"{what}: {path} is locked: a running VM (or another program) is using it",
+                        hint="shut that VM down and build again; a golden image must not "
+                        "change under its clones",
+                    )
+        first = err.message.splitlines()[0] if err.message else what
+        return ApplianceError(first, hint="`vmbuild doctor` tests the appliance on this host")
 
     def device(self, index: int) -> str:
         return self._devices[index]
@@ -211,27 +297,43 @@ class Appliance:
     def call(
         self, what: str, function: Callable[..., T], *args: Any, timeout: float | None = None
     ) -> T:
-        """Run one guestfs call; kill the appliance if it overruns its time."""
+        """Run one guestfs call; kill the appliance if it overruns its time, if the
+        disk beside a writable drive fills up, or if a signal interrupts the wait."""
         limit = self.call_timeout if timeout is None else timeout
-        fired = threading.Event()
-
-        def kill() -> None:
-            fired.set()
-            for pid in [self._pid] if self._pid else _qemu_children():
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-
-        timer = threading.Timer(limit, kill)
-        timer.daemon = True
-        timer.start()
+        job: _Call[T] = _Call(function, args)
+        self._busy = job
+        start = time.monotonic()
+        self._worker.submit(job)
         try:
-            return function(*args)
-        except (RuntimeError, ValueError) as err:  # the binding's errors (ClosedHandle too)
-            if fired.is_set():
-                raise ApplianceTimeout(f"{what}: no answer within {limit:.0f}s") from None
-            raise ApplianceError(f"{what}: {err}") from None
-        finally:
-            timer.cancel()
+            while not job.done.wait(POLL):
+                waited = time.monotonic() - start
+                if waited >= limit:
+                    self._abandon(job)
+                    raise ApplianceTimeout(f"{what}: no answer within {limit:.0f}s")
+                if waited >= FULL_AFTER:
+                    full = next(filter(None, map(free_space_problem, sorted(self._writable))), None)
+                    if full is not None:
+                        self._abandon(job)
+                        raise ApplianceError(
+                            f"{what}: {full}; QEMU paused the appliance",
+                            hint="free some space (or choose another --output) and build again",
+                        )
+        except BaseException:
+            if not job.done.is_set():
+                self._abandon(job)  # an interrupt: nothing may keep running behind it
+            raise
+        if isinstance(job.error, (RuntimeError, ValueError)):  # the binding's errors
+            raise ApplianceError(f"{what}: {job.error}") from None
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _abandon(self, job: _Call[Any]) -> None:
+        """Kill the appliance's QEMU so that the stuck call returns, and wait for it."""
+        for pid in [self._pid] if self._pid else _qemu_children():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        job.done.wait(DRAIN_TIMEOUT)
 
     def attempt(
         self, what: str, function: Callable[..., T], *args: Any, timeout: float | None = None
@@ -250,14 +352,18 @@ class Appliance:
         out to its disk, and QEMU writes its images out as it exits: the sync of
         every drive that libguestfs would add first costs a tenth of a second per
         drive under TCG, for nothing."""
-        self.handle.set_autosync(False)
+        self.call(what, self.handle.set_autosync, False)
         self.call(what, self.handle.shutdown)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.handle.shutdown()
-        with contextlib.suppress(Exception):
-            self.handle.close()
+        busy = self._busy
+        if busy is None or busy.done.is_set():
+            with contextlib.suppress(BaseException):
+                self.call("shutting the appliance down", self.handle.shutdown, timeout=60)
+            with contextlib.suppress(BaseException):
+                self.call("closing the handle", self.handle.close, timeout=60)
+        # else a call is stuck even though its QEMU was killed: leave the handle be
+        self._worker.stop()
 
 
 class ApplianceError(BuildError):

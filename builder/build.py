@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, qemuimg
-from .base import BaseImage, inspect_base
+from .base import BaseImage, inspect_base, stat_key
 from .bundle import (
     MANIFEST,
     SUMS,
@@ -46,10 +46,12 @@ from .golden import build_golden
 from .hostkeys import HostKeySet, generate_host_keys
 from .hosts import hosts_file
 from .inspect import GuestFacts
+from .interrupts import Interrupted
+from .inuse import refuse_running
 from .log import detail, info, step
 from .plan import Plan, VmPlan, make_plan, to_data
 from .plugins import Plugins, load_plugins
-from .profile import DiskMode, Profile, format_size, json_digest
+from .profile import DiskMode, Profile, control_character, format_size, json_digest
 from .render import render
 from .seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
 
@@ -57,6 +59,10 @@ MANIFEST_FORMAT = 2
 #: Room an overlay needs before first boot, and a margin for the rest.
 OVERLAY_ESTIMATE = 16 << 20
 MARGIN = 64 << 20
+#: Files and folders a VM's part of the bundle takes (folder, disk, seed, XML and
+#: their temporary names), and the lab's own (lab files, inventory, staging).
+INODES_PER_VM = 6
+INODES_PER_LAB = 32
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,12 @@ class BuildResult:
 
 
 def _prepare_output(output: Path) -> Path:
+    bad = control_character(str(output.absolute()))
+    if bad:
+        raise UserError(
+            f"the output folder {str(output)!r} contains a control character ({bad})",
+            hint="its path goes into domain XML, define.sh and the manifest; choose another",
+        )
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -80,7 +92,8 @@ def _prepare_output(output: Path) -> Path:
     return output.resolve()
 
 
-def _check_space(output: Path, vms: list[VmPlan], base: BaseImage) -> None:
+def _check_space(output: Path, vms: list[VmPlan], base: BaseImage, count: int) -> None:
+    """Room for the new disks and inodes for every file of a lab of ``count`` VMs."""
     need = MARGIN + sum(
         OVERLAY_ESTIMATE if vm.disk.mode is DiskMode.OVERLAY else base.actual_size for vm in vms
     )
@@ -90,6 +103,15 @@ def _check_space(output: Path, vms: list[VmPlan], base: BaseImage) -> None:
             f"not enough free space in {output}: the lab needs about {format_size(need)}, "
             f"{format_size(free)} is free",
             hint="free some space or choose another --output",
+        )
+    fs = os.statvfs(output)
+    inodes = fs.f_ffree if os.geteuid() == 0 else fs.f_favail
+    need_inodes = INODES_PER_VM * count + INODES_PER_LAB
+    if fs.f_files and inodes < need_inodes:  # f_files is 0 where inodes are not counted
+        raise BuildError(
+            f"not enough free inodes in {output}: the lab needs about {need_inodes} files "
+            f"and folders, {inodes} are free",
+            hint="remove some files or choose another --output",
         )
 
 
@@ -236,10 +258,12 @@ def build(
             for vm in keep
             if previous is not None and (previous.vm(vm.name) or {}).get("hosts") != hosts_digest
         ]
+        touched = _touched_disks(final, plan, keep, refresh)
         facts = previous.guest if previous is not None and not make else None
 
         seeds = {vm.name: seed_iso_bytes(seed_files(plan, vm, plugins), epoch) for vm in plan.vms}
-        xmls = {vm.name: domain_xml(plan, vm, str(final), plugins) for vm in plan.vms}
+        backing = _backing_chain(base)
+        xmls = {vm.name: domain_xml(plan, vm, str(final), plugins, backing) for vm in plan.vms}
         _check_lab_macs(xmls)
 
         if facts is not None and not refresh:
@@ -256,7 +280,8 @@ def build(
                 plugins.build_finished(plan, final, manifest)
                 return BuildResult(final, plan, manifest, (), False)
 
-        _check_space(output, make, base)
+        _check_space(output, make, base, len(plan.vms))
+        refuse_running(*touched)
         with staging(output, plan.lab) as stage:
             for vm in plan.vms:
                 (stage / vm.folder).mkdir(parents=True)
@@ -318,10 +343,68 @@ def build(
                     (stage / name).parent.mkdir(parents=True, exist_ok=True)
                     write_file_atomic(stage / name, data, mode=mode)
                 manifest = json.loads(files[MANIFEST])
+            # What was checked before the disks were made must still hold: no VM
+            # started on a disk being replaced, the golden image is the one checked.
+            refuse_running(*touched)
+            _check_base_unchanged(base)
             with step(f"Publishing {final}"):
                 publish(stage, final)
-    plugins.build_finished(plan, final, manifest)
+    try:
+        plugins.build_finished(plan, final, manifest)
+    except (KeyboardInterrupt, Interrupted) as err:
+        signum = err.signum if isinstance(err, Interrupted) else 2
+        raise Interrupted(signum, final) from None
     return BuildResult(final, plan, manifest, tuple(vm.name for vm in make), True)
+
+
+def _touched_disks(
+    final: Path, plan: Plan, keep: list[VmPlan], refresh: list[VmPlan]
+) -> tuple[dict[str, str], dict[str, tuple[Path, str]]]:
+    """Every disk of the current bundle that this build replaces, removes or copies
+    (all but those kept as they are), with what it does to each: a running VM must
+    hold none of them."""
+    kept = {vm.disk.file for vm in keep if vm not in refresh}
+    refreshed = {vm.disk.file for vm in refresh}
+    changes: dict[str, str] = {}
+    disks: dict[str, tuple[Path, str]] = {}
+    for path in sorted(final.glob("vms/*/disk.*")):
+        name = str(path.relative_to(final))
+        fmt = path.suffix.lstrip(".")
+        if name in kept or fmt not in ("qcow2", "raw") or path.is_symlink():
+            continue
+        vm = path.parent.name
+        if name in refreshed:
+            changes[vm] = "copy and edit"
+        else:
+            changes[vm] = "replace" if any(v.name == vm for v in plan.vms) else "remove"
+        disks[vm] = (path, fmt)
+    return changes, disks
+
+
+def _backing_chain(base: BaseImage) -> list[tuple[str, str]]:
+    """The golden image and any image behind it, as the domain XML names them."""
+    text = qemuimg.run(
+        ["info", "--backing-chain", "--output=json", "-U", "-f", base.format.value, str(base.path)],
+        f"reading the backing chain of {base.path}",
+    )
+    chain = [(str(base.path), base.format.value)]
+    for entry in json.loads(text)[:-1]:  # each image names the next one down
+        folder = os.path.dirname(chain[-1][0])
+        name = entry.get("full-backing-filename") or entry["backing-filename"]
+        chain.append((os.path.join(folder, name), entry.get("backing-filename-format", "raw")))
+    return chain
+
+
+def _check_base_unchanged(base: BaseImage) -> None:
+    try:
+        now = stat_key(base.path)
+    except OSError as err:
+        now = f"gone ({err.strerror})"
+    if now != base.stat_key:
+        raise BuildError(
+            f"the golden image {base.path} changed during the build; nothing was published",
+            hint="the disks were made on the image as it was; build again once it is settled",
+        )
 
 
 def _place(final: Path, stage: Path, name: str, data: bytes) -> None:

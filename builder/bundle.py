@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import BuildError, LabBusyError, UserError
+from .interrupts import deferred
+from .log import info
+from .space import free_space_problem
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -50,9 +53,18 @@ def lab_lock(output: Path, lab: str) -> Iterator[None]:
 
 
 def remove_stale(output: Path, lab: str) -> None:
-    """Staging folders left by a killed build. Only called while holding the lock."""
+    """What a killed build left, cleaned up while holding the lock: staging folders,
+    and the previous bundle set aside by a fallback publish (put back when nothing
+    took its place, else removed)."""
     for leftover in output.glob(f".{lab}.staging-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    final = output / lab
+    olds = sorted(output.glob(f".{lab}.old-*"), key=lambda path: path.stat().st_mtime_ns)
+    if olds and not final.exists() and not final.is_symlink():
+        os.rename(olds.pop(), final)
+        info(f"‣ put back the previous bundle {final}, set aside by a build that was killed")
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -65,9 +77,23 @@ def staging(output: Path, lab: str) -> Iterator[Path]:
         raise UserError(f"cannot write to the output folder {output}: {err.strerror}") from None
     try:
         yield path
+    except OSError as err:
+        raise _write_failure(err, output) from None
     finally:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_failure(err: OSError, output: Path) -> BuildError:
+    """An OSError while writing the staging folder, with the cause named."""
+    where = f" {err.filename}" if err.filename else ""
+    cause = free_space_problem(output) if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    return BuildError(
+        f"cannot write{where}: {err.strerror}"
+        + (f" ({cause})" if cause else "")
+        + "; nothing was published",
+        hint="free some space (or choose another --output) and build again" if cause else "",
+    )
 
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:
@@ -99,23 +125,43 @@ def check_target(final: Path) -> None:
         )
 
 
+def _rename(source: Path, dest: Path) -> None:
+    os.rename(source, dest)
+
+
 def publish(stage: Path, final: Path) -> None:
     """Put ``stage`` at ``final``. An existing bundle is swapped out in one step
-    and then removed, so readers see the old bundle or the new one, never neither."""
+    and then removed, so readers see the old bundle or the new one, never neither.
+
+    Where the filesystem cannot swap two folders (renameat2's RENAME_EXCHANGE: NFS,
+    some FUSE filesystems), the previous bundle is renamed aside first: between the
+    two renames there is no bundle at ``final``. Signals wait for both renames;
+    only SIGKILL can land between them, and then the next build of the lab puts the
+    previous bundle back (``remove_stale``). A signal that arrives while publishing
+    takes effect once the new bundle is in place, as Interrupted(published=final).
+    """
+    old: Path | None = None
     try:
         check_target(final)
-        if not final.exists():
-            os.rename(stage, final)
-            return
-        if _renameat2_exchange(stage, final):
-            shutil.rmtree(stage)  # now holds the previous bundle
-            return
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
-        os.rename(final, old)
-        os.rename(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
+        with deferred(published=final):
+            if not final.exists():
+                _rename(stage, final)
+            elif _renameat2_exchange(stage, final):
+                old = stage  # now holds the previous bundle
+            else:
+                old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
+                _rename(final, old)
+                try:
+                    _rename(stage, final)
+                except OSError:
+                    _rename(old, final)
+                    old = None
+                    raise
     except OSError as err:
         raise BuildError(f"cannot publish the bundle at {final}: {err.strerror}") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def file_digest(path: Path) -> str:

@@ -7,20 +7,21 @@ bundle, 130 interrupted, 1 a bug (with traceback).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import signal
+import stat
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from . import __version__, log
+from . import __version__, interrupts, log
 from .errors import ExitCode, UserError, VmbuildError
+from .interrupts import Interrupted
 from .plan import Plan, make_plan
 from .profile import Profile, format_size, load_profile
 
@@ -101,10 +102,6 @@ def _main(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Interrupted(BaseException):
-    """Raised from a SIGTERM handler so cleanup runs as for Ctrl-C."""
-
-
 def reporting(command: F) -> F:
     """Turn vmbuild's errors into messages and exit codes; the one place that does."""
 
@@ -118,8 +115,15 @@ def reporting(command: F) -> F:
             for line in err.lines():
                 print(f"vmbuild: error: {line}", file=sys.stderr)
             raise typer.Exit(int(err.exit_code)) from None
-        except (KeyboardInterrupt, Interrupted):
-            print("vmbuild: interrupted; nothing was published", file=sys.stderr)
+        except (KeyboardInterrupt, Interrupted) as err:
+            published = err.published if isinstance(err, Interrupted) else None
+            if published is not None:
+                print(
+                    f"vmbuild: interrupted after the bundle {published} was published",
+                    file=sys.stderr,
+                )
+            else:
+                print("vmbuild: interrupted; nothing was published", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -186,6 +190,16 @@ def _warn_unreachable(bundle: Path, manifest: dict[str, Any]) -> None:
             "start. Build with another --output or golden image folder, or let others "
             "enter those folders (chmod o+x)."
         )
+    golden = Path(manifest["base"]["path"])
+    with contextlib.suppress(OSError):
+        mode = golden.stat().st_mode
+        if not mode & stat.S_IROTH:
+            log.warn(
+                f"the golden image {golden} (mode {stat.S_IMODE(mode):04o}) is not readable by "
+                "other users: libvirt leaves its owner alone (the domain XML says "
+                'relabel="no"), so its QEMU user could not read it and the VMs would not '
+                "start (chmod o+r)"
+            )
 
 
 @app.command()
@@ -461,10 +475,6 @@ def _print_plan(plan: Plan) -> None:
 # ----------------------------------------------------------------------- entry
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
-    raise Interrupted()
-
-
 def _with_default_command(args: list[str]) -> list[str]:
     """`vmbuild profile.toml ...` means `vmbuild build profile.toml ...`."""
     commands = {
@@ -478,7 +488,7 @@ def _with_default_command(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupts.install()
     try:
         app(args=args, prog_name="vmbuild")
     except SystemExit as exit_:

@@ -102,6 +102,7 @@ def customize(
     before and only get the lab's new /etc/hosts."""
     facts: GuestFacts | None = None
     operations: dict[str, tuple[Operation, ...]] = {}
+    warned: set[str] = set()
     chunk_size = max(1, DRIVES_PER_LAUNCH - 1)
     chunks = [list(vms[i : i + chunk_size]) for i in range(0, len(vms), chunk_size)]
     for number, chunk in enumerate(chunks, start=1):
@@ -138,7 +139,12 @@ def customize(
                 except BuildError as err:
                     raise BuildError(f"{where}: {err.message}") from None
                 context = Context(keys.get(vm.name, {}))
-                run_operations(GuestFiles(app), ops, context, where, detail)
+                guest = GuestFiles(app)
+                run_operations(guest, ops, context, where, detail)
+                for note in guest.skipped:
+                    if note not in warned:  # the golden image's, so the same in every clone
+                        warned.add(note)
+                        warn(f"{vm.place}: {note}")
                 app.call(f"{where}: unmounting", app.handle.umount_all)
             app.finish("writing the disks out")
     assert facts is not None

@@ -3,8 +3,10 @@ run in order inside the appliance by one adapter.
 
 Plugins return lists of these from ``vmbuild_disk_operations``; vmbuild orders them
 by phase (clean-up, files, accounts, passwords last, as virt-customize does) and
-applies them with ``GuestFiles``, which never follows a symbolic link out of the
-intended file and refuses FIFOs and device nodes where it would write or read.
+applies them with ``GuestFiles``, which looks at every component of every path with
+lstat and never follows a symbolic link (writes and reads through one are refused,
+removals and globs skip it), and refuses FIFOs and device nodes where it would write
+or read.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
-import functools
 import posixpath
 import secrets
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .appliance import Appliance, ApplianceError
 from .errors import BuildError
+from .interrupts import PLUGIN_TIMEOUT, Overran, deadline
 
 
 class Phase(enum.IntEnum):
@@ -44,6 +48,10 @@ def guest_path(path: str) -> str:
     if "\0" in path:
         raise GuestPathError(f"guest path {path!r} contains a NUL byte")
     return posixpath.normpath(path).replace("//", "/")
+
+
+def _has_magic(part: str) -> bool:
+    return any(c in part for c in "*?[")
 
 
 def _kind(entry: Mapping[str, int]) -> str:
@@ -78,12 +86,13 @@ _READDIR_KINDS = {
 
 
 class GuestFiles:
-    """File access to one mounted guest, checked component by component.
+    """File access to one mounted guest, checked component by component: no link is
+    ever followed, so every path names exactly the file it says.
 
     Under TCG every appliance call costs milliseconds, so what the guest holds is
     remembered: each folder's listing (one readdir answers every later look-up in
-    it), lstat answers and file contents, all by real path and kept up to date by
-    this class's own changes. Every change to the guest goes through it, and one
+    it), lstat answers and file contents, kept up to date by this class's own
+    changes. Every change to the guest goes through it, and one
     instance serves one mounted guest: mounting another needs a new one.
     """
 
@@ -95,33 +104,34 @@ class GuestFiles:
             self.app.call("setting the umask", self.h.umask, 0o022)
             app.umask = 0o022
         self._passwd: dict[str, tuple[int, int, str]] | None = None
-        #: Folders already resolved: guest path -> (real path, every real path the
-        #: resolution went through), so a removal forgets exactly what it affects.
-        self._folders: dict[str, tuple[str, tuple[str, ...]]] = {}
-        #: Real folder -> {name: kind} from readdir.
+        #: Folders already checked to be folders, component by component.
+        self._folders: set[str] = set()
+        #: Folder -> {name: kind} from readdir.
         self._listings: dict[str, dict[str, str]] = {}
-        #: Real path -> lstat answer of an existing entry.
+        #: Path -> lstat answer of an existing entry.
         self._stats: dict[str, Mapping[str, int]] = {}
-        #: Real path -> contents of a regular file read or written.
+        #: Path -> contents of a regular file read or written.
         self._contents: dict[str, bytes] = {}
+        #: What was left alone because a link or special file stood in the way,
+        #: one line each, for the build to report.
+        self.skipped: list[str] = []
 
     # ---------------------------------------------------------------- look-ups
 
     def kind(self, path: str) -> str | None:
-        """What is at ``path`` without following a final link; None if nothing.
-        Links in the folders above it are followed inside the guest."""
+        """What is at ``path``, never following a link; None if nothing is there,
+        or if a folder above it is missing, a link or not a folder."""
         path = guest_path(path)
         if path == "/":
             return "folder"
-        parent, name = posixpath.split(path)
         try:
-            real_parent = self.resolve_folder(parent)
+            self.resolve_folder(posixpath.dirname(path))
         except GuestPathError:
             return None
-        return self._kind_at(posixpath.join(real_parent, name))
+        return self._kind_at(path)
 
     def _kind_at(self, real: str) -> str | None:
-        """The kind of a real path (its folders hold no links)."""
+        """The kind of a path whose folders were checked to hold no links."""
         if real == "/":
             return "folder"
         parent, name = posixpath.split(real)
@@ -134,11 +144,12 @@ class GuestFiles:
         return None if entry is None else _kind(entry)
 
     def _listing(self, folder: str) -> dict[str, str] | None:
-        """A real folder's entries and their kinds; None when it cannot be listed."""
+        """A checked folder's entries and their kinds; None when it cannot be listed
+        in one answer (then each name is looked at with lstat)."""
         if folder not in self._listings:
             entries = self.app.attempt(f"listing {folder}", self.h.readdir, folder)
             if isinstance(entries, ApplianceError):
-                return None  # too big for one answer, or not a folder: lstat instead
+                return None  # too big for one answer, or not a folder
             self._listings[folder] = {
                 str(entry["name"]): _READDIR_KINDS.get(str(entry["ftyp"]), "unknown")
                 for entry in entries
@@ -173,9 +184,7 @@ class GuestFiles:
         for cache in (self._stats, self._contents, self._listings):
             for path in [p for p in cache if p == real or p.startswith(below)]:
                 del cache[path]
-        for key, (_real, through) in list(self._folders.items()):
-            if any(p == real or p.startswith(below) for p in through):
-                del self._folders[key]
+        self._folders = {p for p in self._folders if p != real and not p.startswith(below)}
         parent, name = posixpath.split(real)
         listing = self._listings.get(parent)
         if listing is not None:
@@ -195,25 +204,23 @@ class GuestFiles:
     def resolve_folder(
         self, path: str, *, create: bool = False, mode: int = 0o755, owner: tuple[int, int] = (0, 0)
     ) -> str:
-        """The real folder ``path`` names inside the guest, links resolved there.
+        """Check that ``path`` is a folder inside the guest, component by component,
+        and return it.
 
-        Each component must be a folder or a link to one; missing ones are made
-        when ``create`` is set. Never leaves the guest's root.
+        Each component is looked at with lstat and must be a folder: a symbolic link
+        is never followed, wherever it points (a hostile golden image may link
+        /etc/ssh to /tmp, or /var/lib/cloud to /etc). Missing components are made
+        when ``create`` is set.
         """
         path = guest_path(path)
-        if path in self._folders:
-            return self._folders[path][0]
+        if path in self._folders or path == "/":
+            return path
         current = "/"
-        through: list[str] = []
         for part in path.strip("/").split("/"):
-            if not part:
-                continue
             candidate = posixpath.join(current, part)
+            current = candidate
             if candidate in self._folders:
-                current, seen = self._folders[candidate]
-                through.extend(seen)
                 continue
-            through.append(candidate)
             kind = self._kind_at(candidate)
             if kind is None:
                 if not create:
@@ -227,28 +234,24 @@ class GuestFiles:
                     self.app.call(
                         f"setting the owner of {candidate}", self.h.chown, *owner, candidate
                     )
-                current = candidate
-            elif kind == "folder":
-                current = candidate
             elif kind == "symbolic link":
-                real = self.app.call(f"resolving {candidate}", self.h.realpath, candidate)
-                if self._kind_at(real) != "folder":
-                    raise GuestPathError(f"{candidate} links to {real}, which is not a folder")
-                current = real
-                through.append(real)
-            else:
+                raise GuestPathError(
+                    f"{candidate} is a symbolic link to {self.link_target(candidate)}; "
+                    "vmbuild never follows links inside the guest (the golden image may "
+                    "be hostile)",
+                    hint=f"make {candidate} a real folder in the golden image",
+                )
+            elif kind != "folder":
                 raise GuestPathError(f"{candidate} is a {kind}, not a folder")
-        self._folders[path] = (current, tuple(through))
-        return current
+            self._folders.add(candidate)
+        return path
 
     def _target(
         self, path: str, *, create_parent: bool = False
     ) -> tuple[str, Mapping[str, int] | None]:
-        """The real path to write ``path`` at, and what is there now (lstat)."""
-        path = guest_path(path)
-        parent, name = posixpath.split(path)
-        real_parent = self.resolve_folder(parent, create=create_parent)
-        target = posixpath.join(real_parent, name)
+        """The path to write ``path`` at, checked, and what is there now (lstat)."""
+        target = guest_path(path)
+        self.resolve_folder(posixpath.dirname(target), create=create_parent)
         kind = self._kind_at(target)
         if kind == "symbolic link":
             raise GuestPathError(
@@ -313,19 +316,21 @@ class GuestFiles:
 
     def remove_all(self, paths: Sequence[str]) -> int:
         """Remove files, links (not their targets) and folder trees; returns how many
-        were there. Links are never followed out of the named path."""
+        were there. A path with a link (or anything but a folder) among its folders
+        is left alone: removal never crosses a link."""
         paths = [guest_path(path) for path in paths]
         if "/" in paths:
             raise GuestPathError("vmbuild never removes the guest's root folder")
         trees: list[tuple[str, str]] = []
         found = 0
         for path in paths:
-            parent, name = posixpath.split(path)
+            target = path
             try:
-                real_parent = self.resolve_folder(parent)
-            except GuestPathError:
+                self.resolve_folder(posixpath.dirname(path))
+            except GuestPathError as err:
+                if "does not exist" not in err.message:
+                    self.skipped.append(f"not removing {path}: {err.message}")
                 continue
-            target = posixpath.join(real_parent, name)
             kind = self._kind_at(target)
             if kind is None or any(target == tree for _path, tree in trees):
                 continue
@@ -366,27 +371,49 @@ class GuestFiles:
             self._changed(trash, None)
 
     def glob(self, pattern: str) -> list[str]:
-        """Paths matching a shell pattern, as glob(3) gives them: ``*`` and ``?``
-        skip names that start with a dot unless the pattern's do too."""
+        """Paths matching a shell pattern, as glob(3) gives them (``*`` and ``?`` skip
+        names that start with a dot unless the pattern's do too), except that no
+        link is followed: only real folders are searched."""
         guest_path(pattern)
-        folder, name = posixpath.split(pattern)
-        listing = None
-        if not any(c in folder for c in "*?["):
-            try:
-                listing = self._listing(self.resolve_folder(folder))
-            except GuestPathError:
-                return []
-        if listing is None:  # wildcards in the folders, or a folder readdir cannot list
-            found = self.app.call(
-                f"looking for {pattern}",
-                functools.partial(self.h.glob_expand, pattern, directoryslash=False),
-            )
-            return sorted(str(path) for path in found)
-        return sorted(
-            posixpath.join(folder, entry)
-            for entry in listing
-            if fnmatch.fnmatchcase(entry, name) and (name[:1] == "." or entry[:1] != ".")
-        )
+        parts = pattern.strip("/").split("/")
+        folders = ["/"]
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            found = []
+            for folder in folders:
+                for name in self._matches(folder, part):
+                    path = posixpath.join(folder, name)
+                    if last:
+                        found.append(path)
+                        continue
+                    kind = self._kind_at(path)
+                    if kind == "folder":
+                        found.append(path)
+                    elif kind == "symbolic link" or (kind is not None and not _has_magic(part)):
+                        self.skipped.append(
+                            f"not looking for {pattern} in {path}: it is a {kind}, "
+                            "not a folder, and vmbuild never follows links inside the guest"
+                        )
+            folders = found
+        return sorted(folders) if parts != [""] else []
+
+    def _matches(self, folder: str, part: str) -> list[str]:
+        """Names in a checked folder that match one pattern component."""
+        if not _has_magic(part):
+            return [part] if self._kind_at(posixpath.join(folder, part)) is not None else []
+        listing = self._listing(folder)
+        names = self._names(folder) if listing is None else list(listing)
+        return [
+            name
+            for name in names
+            if fnmatch.fnmatchcase(name, part) and (part[:1] == "." or name[:1] != ".")
+        ]
+
+    def _names(self, folder: str) -> list[str]:
+        """Every name in a folder too big for readdir's one answer."""
+        with tempfile.NamedTemporaryFile(prefix="vmbuild-ls-") as out:
+            self.app.call(f"listing {folder}", self.h.ls0, folder, out.name)
+            return [n for n in Path(out.name).read_bytes().decode().split("\0") if n]
 
     def users(self) -> dict[str, tuple[int, int, str]]:
         """name -> (uid, gid, home) from the guest's /etc/passwd."""
@@ -638,7 +665,14 @@ def run_operations(
     for operation in operations:
         progress(operation.summary)
         try:
-            operation.apply(guest, context)
+            with deadline(PLUGIN_TIMEOUT):
+                operation.apply(guest, context)
+        except Overran as err:
+            raise BuildError(
+                f"{where}: {operation.summary}: {err}",
+                hint=f"VMBUILD_PLUGIN_TIMEOUT (now {PLUGIN_TIMEOUT:g}s) sets how long one "
+                "disk operation may take",
+            ) from None
         except (ApplianceError, GuestPathError) as err:
             raise BuildError(
                 f"{where}: {operation.summary}: {err.message}", hint=err.hint

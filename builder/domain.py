@@ -4,6 +4,7 @@ plugins as an element tree, checked, and serialised the same way every time."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import BuildError
@@ -15,11 +16,25 @@ if TYPE_CHECKING:
     from .plugins import Plugins
 
 
-def render_domain(lab: Plan, vm: VmPlan, root: str) -> ET.Element:
+#: The golden image's backing chain: (absolute path, format) from the top down.
+Backing = Sequence[tuple[str, str]]
+
+
+def render_domain(lab: Plan, vm: VmPlan, root: str, backing: Backing | None = None) -> ET.Element:
     """The template's output as an element tree. ``root`` is the bundle's final,
-    absolute folder: libvirt needs absolute disk paths."""
+    absolute folder: libvirt needs absolute disk paths. ``backing`` is the golden
+    image and whatever it is backed by: given, libvirt uses that chain as it is
+    (no probing) and leaves the shared images' owner alone (seclabel relabel="no");
+    None leaves the chain to libvirt."""
     scsi = Bus.SCSI in (vm.disk.bus, vm.seed.bus)
-    text = render("domain.xml.j2", lab=lab, vm=vm, root=root.rstrip("/"), scsi=scsi)
+    text = render(
+        "domain.xml.j2",
+        lab=lab,
+        vm=vm,
+        root=root.rstrip("/"),
+        scsi=scsi,
+        backing=None if backing is None else list(backing),
+    )
     return ET.fromstring(text)
 
 
@@ -39,8 +54,10 @@ def check_domain(vm: VmPlan, domain: ET.Element) -> None:
         raise BuildError(f"{where}: a MAC address is used twice")
 
 
-def domain_xml(lab: Plan, vm: VmPlan, root: str, plugins: Plugins) -> bytes:
-    domain = render_domain(lab, vm, root)
+def domain_xml(
+    lab: Plan, vm: VmPlan, root: str, plugins: Plugins, backing: Backing | None = None
+) -> bytes:
+    domain = render_domain(lab, vm, root, backing)
     plugins.domain_xml(lab, vm, domain)
     check_domain(vm, domain)
     ET.indent(domain, space="  ")

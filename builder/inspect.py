@@ -8,6 +8,7 @@ has installed and enabled, never from a guessed interface name.
 from __future__ import annotations
 
 import enum
+import posixpath
 import re
 import stat
 from collections.abc import Callable
@@ -139,16 +140,49 @@ def _version(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2) or 0)
 
 
+#: Links followed, at most, to read one file during inspection.
+_MAX_HOPS = 16
+
+
 def _read(app: Appliance, path: str) -> str | None:
-    """A small text file of the mounted guest, or None; never reads a FIFO."""
+    """A small text file of the golden image (mounted read-only), or None.
+
+    Release files are links on most distributions (/etc/os-release points into
+    /usr/lib), so links are followed here, but by vmbuild itself: each component
+    is looked at with lstat and each link resolved inside the guest's root, at most
+    _MAX_HOPS of them. Only a regular file of at most 1 MiB is read, never a FIFO or
+    a device. Nothing is written: the golden image is mounted read-only.
+    """
     h = app.handle
+    pending = [part for part in path.split("/") if part]
+    current = "/"
+    hops = 0
     try:
-        real = app.call(f"resolving {path}", h.realpath, path)
-        info = app.call(f"looking at {path}", h.lstatns, real)
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                current = posixpath.dirname(current)
+                continue
+            if part == ".":
+                continue
+            candidate = posixpath.join(current, part)
+            info = app.call(f"looking at {candidate}", h.lstatns, candidate)
+            if stat.S_ISLNK(info["st_mode"]):
+                hops += 1
+                if hops > _MAX_HOPS:
+                    return None
+                target = str(app.call(f"reading the link {candidate}", h.readlink, candidate))
+                if target.startswith("/"):
+                    current = "/"
+                pending[:0] = [p for p in target.split("/") if p]
+                continue
+            if pending and not stat.S_ISDIR(info["st_mode"]):
+                return None
+            current = candidate
     except BuildError:
-        return None
+        return None  # missing, or not readable
     if stat.S_ISREG(info["st_mode"]) and info["st_size"] <= 1 << 20:
-        data = app.call(f"reading {path}", h.pread, real, int(info["st_size"]), 0)
+        data = app.call(f"reading {path}", h.pread, current, int(info["st_size"]), 0)
         return bytes(data).decode(errors="replace")
     return None
 

@@ -31,6 +31,7 @@ import pluggy
 from . import hookspecs
 from .diskops import Operation
 from .errors import BuildError, Problem, ProfileError, UserError, VmbuildError
+from .interrupts import PLUGIN_TIMEOUT, Overran, deadline
 from .log import warn
 
 if TYPE_CHECKING:
@@ -150,7 +151,17 @@ class Plugins:
         for impl in getattr(self.manager.hook, hook).get_hookimpls():
             args = {name: kwargs[name] for name in (*impl.argnames, *impl.kwargnames)}
             try:
-                result = impl.function(**args)
+                with deadline(PLUGIN_TIMEOUT):
+                    result = impl.function(**args)
+            except Overran as err:
+                raise PluginError(
+                    impl.plugin_name,
+                    hook,
+                    where,
+                    f"{err}",
+                    hint=f"VMBUILD_PLUGIN_TIMEOUT (now {PLUGIN_TIMEOUT:g}s) sets how long a "
+                    "hook may take",
+                ) from None
             except VmbuildError as err:  # the plugin's own error: its words, its exit code
                 failure = PluginError(impl.plugin_name, hook, where, err.message, err.hint)
                 failure.exit_code = err.exit_code

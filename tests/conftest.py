@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,49 @@ def golden(tmp_path: Path, os_image: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size`` (and at most ``inodes`` files) mounted at ``path``, for a
+    disk that fills up: a real filesystem, not a mock."""
+    path.mkdir()
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def paused_qemu() -> list[str]:
+    """A QEMU that opens its drives and takes their locks, but runs nothing."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    return [qemu, "-S", "-nodefaults", "-display", "none", "-accel", "tcg"]
+
+
+@contextlib.contextmanager
+def qemu_holding(image: Path) -> Iterator[None]:
+    """A running QEMU holding ``image`` open for writing, as a VM would, until QEMU's
+    image lock is taken; killed afterwards."""
+    holder = subprocess.Popen(
+        [*paused_qemu(), "-drive", f"file={image},format=qcow2,if=virtio"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(50):
+            probe = subprocess.run(["qemu-img", "info", str(image)], capture_output=True)
+            if probe.returncode != 0:
+                break
+            time.sleep(0.1)
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @dataclass(frozen=True)
 class Result:
     code: int
@@ -74,11 +120,13 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
     def run(*args: str | Path) -> Result:
         capsys.readouterr()  # drop anything printed before
         log.set_verbosity(1)  # a previous `build -q` must not silence this run
-        sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+        # main() installs its own handlers
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             code = cli.main([str(arg) for arg in args])
         finally:
-            signal.signal(signal.SIGTERM, sigterm)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         captured = capsys.readouterr()
         return Result(code, captured.out, captured.err)
 

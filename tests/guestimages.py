@@ -866,7 +866,7 @@ def _apply(h: Any, tree: _Tree, aliases: Mapping[str, str], *, replace: bool) ->
             h.mkdir_p(parent)
             made.add(parent)
         if replace and entry.kind != "dir":
-            h.rm_f(path)
+            h.rm_rf(path)  # a file, a link or a whole folder of the base tree
         if entry.kind == "dir":
             h.mkdir_p(path)
             made.add(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pwd
 import re
 import shutil
 import subprocess
@@ -49,6 +50,10 @@ class Lab:
     manifest: dict[str, Any]
     started: float
     golden: Built
+    #: The arguments that built the bundle, for rebuilding it.
+    build_args: tuple[str, ...]
+    #: The golden image's owner and mode before any VM started.
+    golden_stat: tuple[int, int, int]
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +72,17 @@ def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
         for position, host in enumerate(HOSTS, start=1):
             overrides += [f"vm.{position}.name={domains[host]}", f"vm.{position}.hostname={host}"]
         start = time.monotonic()
-        code = main(
-            [
-                "build",
-                str(DEMO),
-                "--output",
-                str(work / "out"),
-                "--base",
-                str(debian_golden.path),
-                "-q",
-                *(arg for item in overrides for arg in ("--set", item)),
-            ]
+        build_args = (
+            "build",
+            str(DEMO),
+            "--output",
+            str(work / "out"),
+            "--base",
+            str(debian_golden.path),
+            "-q",
+            *(arg for item in overrides for arg in ("--set", item)),
         )
+        code = main(list(build_args))
         assert code == 0
         bundle = work / "out" / "demo"
         print(f"lab build: {time.monotonic() - start:.1f}s")
@@ -87,11 +91,13 @@ def lab(debian_golden: Built, libvirtd: None) -> Iterator[Lab]:
         defined = list(domains.values())
         define(bundle)
         _assert_isolated(network)
+        info = debian_golden.path.stat()
+        golden_stat = (info.st_uid, info.st_gid, info.st_mode)
         started = time.monotonic()
         for name in domains.values():  # both boot at once
             virsh("start", name)
         manifest = json.loads((bundle / "manifest.json").read_text())
-        yield Lab(bundle, domains, manifest, started, debian_golden)
+        yield Lab(bundle, domains, manifest, started, debian_golden, build_args, golden_stat)
     finally:
         for name in defined:
             virsh("destroy", name, check=False)
@@ -266,6 +272,48 @@ def test_each_guest_answers_with_its_own_identity(lab: Lab) -> None:
     assert _golden_machine_id(lab.golden.path) not in machine_ids.values()
     web, db = all_keys.values()
     assert not web & db
+
+
+def test_running_vms_leave_the_golden_images_owner_and_mode_alone(lab: Lab) -> None:
+    """libvirt's dynamic ownership would hand the shared golden image to the QEMU user
+    (it walks the backing chain); the domain XML names it with relabel="no"."""
+    info = lab.golden.path.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode) == lab.golden_stat
+    # Dynamic ownership is at work here: each VM's own overlay went to the QEMU user.
+    qemu_uid = pwd.getpwnam("libvirt-qemu").pw_uid
+    for domain in lab.domains.values():
+        disk = lab.bundle / lab.manifest["vms"][domain]["artifacts"]["disk"]["file"]
+        assert disk.stat().st_uid == qemu_uid, disk
+
+
+def test_rebuilding_under_running_vms_is_refused(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new address for db would replace db's disk and copy web's for /etc/hosts,
+    both in use by running VMs: refused, naming both, with nothing changed."""
+    web, db = lab.domains["web"], lab.domains["db"]
+    disks = {name: lab.bundle / "vms" / name / "disk.qcow2" for name in (web, db)}
+    inodes = {name: path.stat().st_ino for name, path in disks.items()}
+    manifest = (lab.bundle / "manifest.json").read_bytes()
+    capsys.readouterr()
+    for extra in (["--set", "vm.2.ip=192.0.2.21"], ["--force"]):
+        assert main([*lab.build_args, *extra]) == 4
+        err = capsys.readouterr().err
+        print(err)
+        assert f'vm "{db}": libvirt domain "{db}" on {URI} is running, and this build would ' in (
+            err
+        )
+        assert "--force does not override this" in err
+        if extra != ["--force"]:
+            assert f'vm "{web}": libvirt domain "{web}" on {URI} is running, and this build ' in (
+                f"{err}"
+            )
+            assert "would copy and edit its disk" in err
+        assert {name: path.stat().st_ino for name, path in disks.items()} == inodes
+        assert (lab.bundle / "manifest.json").read_bytes() == manifest
+    # The lab unchanged: nothing to do, nothing touched.
+    assert main(list(lab.build_args)) == 0
+    assert {name: path.stat().st_ino for name, path in disks.items()} == inodes
 
 
 def test_check_reports_a_mismatch_and_a_stopped_vm(lab: Lab, tmp_path: Path) -> None:

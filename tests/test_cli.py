@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,26 @@ def test_build_prints_the_bundle_path_and_writes_the_bundle(
     assert not list((tmp_path / "out").glob(".lab.staging-*"))
 
 
+def test_domain_xml_names_the_golden_image_and_keeps_its_owner(
+    run_cli: RunCli, profile: Path, golden: Path, tmp_path: Path
+) -> None:
+    """The backing chain is in the XML with relabel="no" (libvirt then leaves the
+    shared golden image's owner alone), so QEMU must be able to read it as it is."""
+    golden.chmod(0o600)
+    result = run_cli("build", profile, "--output", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert f"the golden image {golden.resolve()} (mode 0600) is not readable by" in result.err
+    domain = ET.parse(tmp_path / "out" / "lab" / "vms" / "web" / "domain.xml").getroot()
+    store = domain.find("devices/disk/backingStore")
+    assert store is not None
+    assert store.find("format").get("type") == "qcow2"  # type: ignore[union-attr]
+    source = store.find("source")
+    assert source is not None and source.get("file") == str(golden.resolve())
+    label = source.find("seclabel")
+    assert label is not None and (label.get("model"), label.get("relabel")) == ("dac", "no")
+    assert store.find("backingStore") is not None  # and nothing behind the golden image
+
+
 def test_build_json_and_quiet(run_cli: RunCli, profile: Path, tmp_path: Path) -> None:
     result = run_cli("build", profile, "-o", tmp_path / "out", "--json", "-q")
     assert result.code == 0
@@ -202,6 +223,15 @@ def test_build_while_another_build_holds_the_lab_exits_4(
     assert result.out == ""
     assert 'vmbuild: error: lab "lab" is being built by another vmbuild (pid 12345)' in result.err
     assert not (out / "lab").exists()
+
+
+def test_output_path_with_a_control_character_is_refused(
+    run_cli: RunCli, profile: Path, tmp_path: Path
+) -> None:
+    result = run_cli("build", profile, "-o", tmp_path / "out\nx")
+    assert result.code == 2
+    assert "contains a control character (U+000A LINE FEED)" in result.err
+    assert not (tmp_path / "out\nx").exists()
 
 
 def test_build_refuses_to_replace_a_folder_that_is_not_a_bundle(

@@ -26,6 +26,8 @@ HERE = Path(__file__).parent
 REPO = HERE.parent
 #: Where the golden XML pretends the bundle lives; libvirt needs absolute paths.
 ROOT = "/srv/vmbuild/output"
+#: And where its golden image is.
+BACKING = [("/var/cache/vmbuild/golden/golden.qcow2", "qcow2")]
 REGEN = os.environ.get("VMBUILD_REGEN") == "1"
 
 
@@ -75,7 +77,7 @@ def render_case(profile_path: Path) -> dict[str, str]:
         for name, data in files.items():
             out[f"vms/{vm.name}/{name}"] = data.decode()
         out[f"vms/{vm.name}/seed-listing.txt"] = iso_listing(seed_iso_bytes(files, 0))
-        xml = domain_xml(plan, vm, f"{ROOT}/{plan.lab}", plugins)
+        xml = domain_xml(plan, vm, f"{ROOT}/{plan.lab}", plugins, BACKING)
         out[f"vms/{vm.name}/domain.xml"] = xml.decode()
     return out
 

@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import qemu_holding, small_tmpfs
 from guestimages import ImageSpec, make_images
 from vmbuild.appliance import Appliance, ApplianceError, ApplianceTimeout
 from vmbuild.cli import main
 from vmbuild.diskops import GuestFiles, GuestPathError, guest_path
 
 pytestmark = pytest.mark.guestfs
+
+VMBUILD = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "vmbuild")
 
 PROFILE = """
 [lab]
@@ -35,19 +38,99 @@ ip = "192.0.2.10"
 """
 
 
+#: Hostile golden images, made in one appliance launch: name -> what is in it.
+HOSTILE = {
+    # /etc/hostname links to /etc/shadow, and a FIFO sits at /etc/motd.
+    "trap": ImageSpec(
+        "debian-ifupdown", symlinks={"/etc/hostname": "/etc/shadow"}, fifos=("/etc/motd",)
+    ),
+    # The clean-up of cloud-init's state would empty the clone's /etc through it.
+    "cloud-to-etc": ImageSpec("debian-ifupdown", symlinks={"/var/lib/cloud": "/etc"}),
+    # New host keys would land in the guest's /tmp through it.
+    "ssh-to-tmp": ImageSpec("debian-ifupdown", symlinks={"/etc/ssh": "/tmp"}),
+}
+
+
 @pytest.fixture(scope="module")
-def trap_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Debian-like image whose /etc/hostname links to /etc/shadow, with a FIFO at
-    /etc/motd."""
-    path = tmp_path_factory.mktemp("trap") / "trap.qcow2"
-    make_images(
-        {
-            path: ImageSpec(
-                "debian-ifupdown", symlinks={"/etc/hostname": "/etc/shadow"}, fifos=("/etc/motd",)
-            )
-        }
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("hostile")
+    paths = {name: folder / f"{name}.qcow2" for name in HOSTILE}
+    make_images({paths[name]: spec for name, spec in HOSTILE.items()})
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trap_image(hostile: dict[str, Path]) -> Path:
+    return hostile["trap"]
+
+
+def _tree(disk: Path, folder: str) -> dict[str, tuple[int, str]]:
+    """Every entry under ``folder`` of a disk: path -> (mode, content digest)."""
+    import hashlib
+
+    import guestfs  # type: ignore[import-not-found]
+
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.add_drive_opts(str(disk), format="qcow2", readonly=True)
+        g.launch()
+        g.mount_ro("/dev/sda1", "/")
+        out = {}
+        for name in g.find(folder):
+            path = f"{folder.rstrip('/')}/{name.lstrip('/')}"
+            info = g.lstatns(path)
+            regular = info["st_mode"] & 0o170000 == 0o100000
+            content = hashlib.sha256(bytes(g.read_file(path))).hexdigest() if regular else ""
+            out[path] = (info["st_mode"], content)
+        return out
+    finally:
+        g.close()
+
+
+def _build(image: Path, tmp_path: Path) -> tuple[int, str, Path]:
+    golden = tmp_path / image.name
+    shutil.copyfile(image, golden)
+    profile = tmp_path / "lab.toml"
+    profile.write_text(PROFILE.format(image=golden))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [VMBUILD, str(profile), "-o", str(out), "-q"], capture_output=True, text=True, timeout=600
     )
-    return path
+    return done.returncode, done.stderr, out
+
+
+def test_a_folder_link_to_etc_does_not_empty_the_clones_etc(
+    hostile: dict[str, Path], tmp_path: Path
+) -> None:
+    """/var/lib/cloud -> /etc: the clean-up of /var/lib/cloud/* is skipped, with a
+    warning, and the clone's /etc keeps every entry the golden image has."""
+    code, err, out = _build(hostile["cloud-to-etc"], tmp_path)
+    assert code == 0, err
+    assert "not removing" in err or "not looking for /var/lib/cloud/*" in err, err
+    assert "/var/lib/cloud" in err and "symbolic link" in err
+    golden = _tree(hostile["cloud-to-etc"], "/etc")
+    clone = _tree(out / "trap" / "vms" / "victim" / "disk.qcow2", "/etc")
+    assert len(golden) > 20
+    # Only the golden VM's leftovers that the clean-up names go.
+    assert set(golden) - set(clone) == {
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        "/etc/udev/rules.d/70-persistent-cd.rules",
+    } & set(golden)
+    for path in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/fstab"):
+        assert clone[path] == golden[path], path
+
+
+def test_a_folder_link_for_the_host_keys_fails_the_build(
+    hostile: dict[str, Path], tmp_path: Path
+) -> None:
+    """/etc/ssh -> /tmp: writing the host keys there is refused and nothing is published."""
+    code, err, out = _build(hostile["ssh-to-tmp"], tmp_path)
+    assert code == 3, err
+    assert "Installing new SSH host keys" in err
+    assert "/etc/ssh is a symbolic link to /tmp; vmbuild never follows links" in err
+    assert "Traceback" not in err
+    assert not (out / "trap").exists()
+    assert [p.name for p in out.iterdir() if not p.name.endswith(".lock")] == []
 
 
 @contextlib.contextmanager
@@ -113,50 +196,11 @@ def test_build_on_a_hostile_image_fails_clearly(
 def test_locked_golden_image_is_reported(
     golden: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
     profile = tmp_path / "lab.toml"
     profile.write_text(PROFILE.format(image=golden))
-    holder = subprocess.Popen(
-        [
-            qemu,
-            "-S",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-accel",
-            "tcg",
-            "-drive",
-            f"file={golden},format=qcow2,if=virtio",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(50):  # until QEMU holds the image's lock
-            probe = subprocess.run(
-                ["qemu-img", "info", "-f", "qcow2", str(golden)], capture_output=True
-            )
-            if probe.returncode != 0:
-                break
-            time.sleep(0.1)
+    with qemu_holding(golden):
         assert main(["validate", str(profile)]) == 2
-    finally:
-        holder.kill()
-        holder.wait()
     assert "is locked: a running VM is using it" in capsys.readouterr().err
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")

@@ -132,6 +132,8 @@ def test_glob_gives_what_glob3_gives(lab: Lab) -> None:
             "/var/lib/*/instance",
         ]
         for pattern in patterns:
+            # glob(3) follows links in the folders it searches; GuestFiles never
+            # does, and these folders hold none.
             expected = sorted(
                 str(p)
                 for p in lab.app.handle.glob_expand(pattern, directoryslash=False)
@@ -156,18 +158,26 @@ def test_several_trees_are_removed_together(lab: Lab) -> None:
         assert not [n for n in lab.app.handle.ls("/srv") if n.startswith(".vmbuild")]
 
 
-def test_removing_a_link_forgets_what_was_resolved_through_it(lab: Lab) -> None:
+def test_links_are_never_followed_and_removing_one_removes_only_the_link(lab: Lab) -> None:
     h = lab.app.handle
     with lab.mounted("links") as guest:
         h.mkdir_p("/opt/real/sub")
+        h.write("/opt/real/sub/file", b"the target's\n")
         h.ln_s("/opt/real", "/opt/link")
-        guest.write("/opt/link/sub/file", b"through the link\n")
-        assert bytes(h.read_file("/opt/real/sub/file")) == b"through the link\n"
+        with pytest.raises(GuestPathError, match="/opt/link is a symbolic link to /opt/real"):
+            guest.write("/opt/link/sub/file", b"through the link\n")
+        with pytest.raises(GuestPathError, match="symbolic link"):
+            guest.read("/opt/link/sub/file")
+        assert guest.kind("/opt/link/sub/file") is None
+        assert guest.glob("/opt/link/*") == [] and guest.glob("/opt/*/sub") == ["/opt/real/sub"]
+        assert guest.remove_all(["/opt/link/sub", "/opt/link/sub/file"]) == 0
+        assert any("/opt/link is a symbolic link" in note for note in guest.skipped)
+        assert bytes(h.read_file("/opt/real/sub/file")) == b"the target's\n"
         assert guest.remove("/opt/link")
         assert h.exists("/opt/real/sub/file")  # the link went, not its target
         guest.write("/opt/link/sub/file", b"a folder of its own\n")
         assert h.is_dir("/opt/link", followsymlinks=False)
-        assert bytes(h.read_file("/opt/real/sub/file")) == b"through the link\n"
+        assert bytes(h.read_file("/opt/real/sub/file")) == b"the target's\n"
         assert bytes(h.read_file("/opt/link/sub/file")) == b"a folder of its own\n"
 
 
