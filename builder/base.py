@@ -15,7 +15,7 @@ from . import golden, log, qemuimg
 from .bundle import file_digest
 from .errors import BuildError, Problem, ProfileError
 from .plan import Plan
-from .profile import DiskFormat, Profile, format_size
+from .profile import Base, DiskFormat, format_size
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,32 @@ def unreachable_problem(path: Path, shown: str) -> tuple[str, str] | None:
     return None
 
 
-def _not_built(profile: Profile, plan: Plan, path: Path) -> BaseImage:
+def golden_recipe(base: Base) -> golden.GoldenRecipe | None:
+    """The recipe of a golden image vmbuild builds from Debian's packages, or None."""
+    if base.golden is None:
+        return None
+    spec = base.golden
+    return golden.GoldenRecipe(release=spec.debian, size=spec.size, packages=spec.packages)
+
+
+def image_path(base: Base, folder: Path) -> Path:
+    """The golden image's path on this machine: ``base.image`` relative to the
+    profile's folder, or the cache path of a golden image built from Debian's."""
+    recipe = golden_recipe(base)
+    if recipe is not None:
+        return golden.golden_path(recipe)
+    assert base.image is not None
+    image = Path(base.image)
+    return image if image.is_absolute() else folder / image
+
+
+def _not_built(source: Path, plan: Plan, path: Path) -> BaseImage:
     """A golden image from Debian's packages that ``vmbuild build`` has yet to build:
     check that it can be built, and the VMs' disks against its recipe's size."""
-    recipe = profile.golden_recipe()
+    recipe = golden_recipe(plan.base)
+    assert recipe is not None
     release = recipe.release
-    where = str(profile.path)
+    where = str(source)
     if golden.debootstrap_path() is None:
         raise ProfileError(
             where,
@@ -156,8 +176,9 @@ def _disk_size_problems(plan: Plan, virtual_size: int) -> list[Problem]:
     ]
 
 
-def inspect_base(profile: Profile, plan: Plan, known: tuple[str, str] | None = None) -> BaseImage:
-    """Check the golden image against the profile; every problem at once.
+def inspect_base(plan: Plan, source: Path, known: tuple[str, str] | None = None) -> BaseImage:
+    """Check the golden image against the plan; every problem at once, reported
+    against ``source``, the profile (paths in it are relative to its folder).
 
     ``known`` is (stat key, sha256) from the previous build: when the file's stat
     key is unchanged its sha256 is taken from there instead of re-reading it.
@@ -165,17 +186,18 @@ def inspect_base(profile: Profile, plan: Plan, known: tuple[str, str] | None = N
     A golden image vmbuild builds itself (``debian = ...``) that is not built yet is
     checked as far as it can be without it, and returned with ``built`` false.
     """
-    path = profile.base_path()
-    fmt = profile.base.format
-    shown = profile.base.image or str(path)
+    base = plan.base
+    path = image_path(base, source.parent)
+    fmt = base.format
+    shown = base.image or str(path)
 
     def fail(message: str, hint: str = "") -> ProfileError:
-        return ProfileError(str(profile.path), [Problem("base", message, hint)])
+        return ProfileError(str(source), [Problem("base", message, hint)])
 
     unreachable = unreachable_problem(path, shown)
     if unreachable is not None:
-        if profile.base.golden is not None and not os.path.lexists(path):
-            return _not_built(profile, plan, path)
+        if base.golden is not None and not os.path.lexists(path):
+            return _not_built(source, plan, path)
         raise fail(*unreachable)
     if not path.is_file():
         raise fail(f"image {shown} is not a regular file")
@@ -205,30 +227,30 @@ def inspect_base(profile: Profile, plan: Plan, known: tuple[str, str] | None = N
             "set base.format to the image's real format",
         ) from None
     if facts.virtual_size == 0:
-        raise fail(f"image {shown} is empty: its virtual size is 0", _again(profile))
+        raise fail(f"image {shown} is empty: its virtual size is 0", _again(base))
     try:
         qemuimg.check(path, fmt)
     except BuildError as err:
         reason = err.reason if isinstance(err, qemuimg.QemuImgError) else err.message
-        raise fail(f"image {shown} is damaged: {reason}", err.hint or _again(profile)) from None
+        raise fail(f"image {shown} is damaged: {reason}", err.hint or _again(base)) from None
     key = stat_key(path)
     digest = known[1] if known is not None and known[0] == key else file_digest(path)
     problems = []
-    if profile.base.sha256 and profile.base.sha256 != digest:
+    if base.sha256 and base.sha256 != digest:
         problems.append(
             Problem(
                 "base",
-                f"image {shown} has sha256 {digest}, not the pinned {profile.base.sha256}",
+                f"image {shown} has sha256 {digest}, not the pinned {base.sha256}",
                 "the image changed or the pin is wrong",
             )
         )
     problems += _disk_size_problems(plan, facts.virtual_size)
     if problems:
-        raise ProfileError(str(profile.path), problems)
+        raise ProfileError(str(source), problems)
     return BaseImage(path.resolve(), fmt, facts.virtual_size, facts.actual_size, digest, key)
 
 
-def _again(profile: Profile) -> str:
-    if profile.base.golden is not None:
+def _again(base: Base) -> str:
+    if base.golden is not None:
         return "vmbuild build builds it again"
     return "copy or build the golden image again"

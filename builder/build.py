@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, qemuimg
-from .base import BaseImage, inspect_base, stat_key
+from .base import BaseImage, golden_recipe, inspect_base, stat_key
 from .bundle import (
     MANIFEST,
     SUMS,
@@ -42,16 +42,16 @@ from .bundle import (
 from .customize import customize, with_operations
 from .domain import domain_xml
 from .errors import BuildError, UserError
+from .facts import GuestFacts
 from .golden import build_golden
 from .hostkeys import HostKeySet, generate_host_keys
 from .hosts import hosts_file
-from .inspect import GuestFacts
 from .interrupts import Interrupted
 from .inuse import refuse_running
 from .log import detail, info, step
-from .plan import Plan, VmPlan, make_plan, to_data
-from .plugins import Plugins, load_plugins
-from .profile import DiskMode, Profile, control_character, format_size, json_digest
+from .plan import Plan, VmPlan, to_data
+from .plugins import Plugins
+from .profile import DiskMode, control_character, format_size, json_digest
 from .render import render
 from .seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
 
@@ -216,28 +216,28 @@ def _unchanged_file(final: Path, name: str, data: bytes) -> bool:
 
 
 def build(
-    profile: Profile,
+    plan: Plan,
+    plugins: Plugins,
     output: Path,
-    plugins: Plugins | None = None,
     *,
+    source: Path,
     force: bool = False,
 ) -> BuildResult:
-    """Build (or bring up to date) the lab's bundle at ``output/<lab>``."""
-    if plugins is None:
-        plugins = load_plugins(profile)
-    plan = make_plan(profile, plugins)
+    """Build (or bring up to date) the plan's bundle at ``output/<lab>``. ``source`` is
+    the profile the plan came from: paths in it are relative to its folder, and
+    problems with the golden image are reported against it."""
     output = _prepare_output(output)
     final = output / plan.lab
     check_target(final)
     with lab_lock(output, plan.lab):
         remove_stale(output, plan.lab)
         previous = None if force else _previous(final)
-        recipe = profile.golden_recipe()
+        recipe = golden_recipe(plan.base)
         if recipe is not None:
-            with step(f"Golden image: {profile.base.describe()}"):
+            with step(f"Golden image: {plan.base.describe()}"):
                 build_golden(recipe, progress=info)
-        with step(f"Checking the golden image {profile.base.describe()}"):
-            base = inspect_base(profile, plan, previous.base_known() if previous else None)
+        with step(f"Checking the golden image {plan.base.describe()}"):
+            base = inspect_base(plan, source, previous.base_known() if previous else None)
             detail(f"{base.format.value}, {format_size(base.virtual_size)}, sha256 {base.sha256}")
         epoch = source_date_epoch()
         hosts_digest = hosts_inputs(plan)

@@ -158,10 +158,13 @@ def build(
     bundle's path (or, with --json, its manifest) on stdout.
     """
     from .build import build as run_build
+    from .plugins import load_plugins
 
     log.set_verbosity(0 if quiet else 1 + verbose)
     loaded = _load(profile, overrides, base)
-    result = run_build(loaded, output, force=force)
+    plugins = load_plugins(loaded)
+    plan = make_plan(loaded, plugins)
+    result = run_build(plan, plugins, output, source=loaded.path, force=force)
     if not quiet:
         _warn_unreachable(result.bundle, result.manifest)
     if as_json:
@@ -226,7 +229,7 @@ def validate(
     loaded = _load(profile, overrides, base)
     plan = make_plan(loaded, load_plugins(loaded))
     if not no_base:
-        inspect_base(loaded, plan)
+        inspect_base(plan, loaded.path)
     log.info(f"{profile}: OK, lab {plan.lab!r} with {len(plan.vms)} VMs")
 
 
@@ -263,7 +266,7 @@ def plan_command(
         from .base import inspect_base
         from .customize import inspect_only, with_operations
 
-        golden_base = inspect_base(loaded, plan)
+        golden_base = inspect_base(plan, loaded.path)
         if not golden_base.built:
             raise UserError(
                 "the golden image is not built yet, so it cannot be inspected",

@@ -17,8 +17,9 @@ from .appliance import Appliance
 from .base import BaseImage
 from .diskops import Context, GuestFiles, Operation, ordered, run_operations
 from .errors import BuildError
+from .facts import GuestFacts, NetStack
 from .hostkeys import HostKeySet
-from .inspect import GuestFacts, NetStack, device_map_for, inspect_golden, mount_all
+from .inspect import device_map_for, inspect_golden, mount_all
 from .log import detail, info, warn
 from .plan import Plan, VmPlan
 

@@ -33,7 +33,7 @@ import pluggy
 if TYPE_CHECKING:
     from .diskops import Operation
     from .errors import Problem
-    from .inspect import GuestFacts
+    from .facts import GuestFacts
     from .plan import Plan, VmPlan
     from .profile import Profile
 

@@ -1,31 +1,23 @@
 """What the golden image is: distro, version, network stack, init system.
 
 Learned once per lab by libguestfs inspection of the golden image, read-only, and
-recorded in the bundle's plan. The network stack is decided from what the image
+recorded in the bundle's plan as GuestFacts (``vmbuild.facts``, re-exported here
+for plugins that import it from this module). The network stack is decided from what the image
 has installed and enabled, never from a guessed interface name.
 """
 
 from __future__ import annotations
 
-import enum
 import posixpath
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from .appliance import Appliance, ApplianceError
 from .errors import BuildError
+from .facts import GuestFacts, NetStack
 
-
-class NetStack(enum.StrEnum):
-    IFUPDOWN = "ifupdown"
-    NETPLAN = "netplan"
-    NETWORKMANAGER = "networkmanager"
-    NETWORKD = "networkd"
-    IFCFG = "ifcfg"
-    UNKNOWN = "unknown"
+__all__ = ["GuestFacts", "NetStack", "device_map_for", "inspect_golden", "mount_all"]
 
 
 _RHEL_LIKE = {
@@ -38,46 +30,6 @@ _RHEL_LIKE = {
     "redhat-based",
     "fedora",
 }
-
-
-@dataclass(frozen=True)
-class GuestFacts:
-    os_type: str
-    distro: str
-    product_name: str
-    major: int
-    minor: int
-    hostname: str
-    network: NetStack
-    init: str
-    cloud_init: bool
-    #: Filesystems as (mountpoint, device in the golden image), "/" first.
-    mounts: tuple[tuple[str, str], ...]
-    #: Their types, as (device, type): mounting with a known type spares the
-    #: appliance a probe of each clone's filesystems.
-    filesystems: tuple[tuple[str, str], ...] = ()
-
-    def to_data(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["network"] = self.network.value
-        data["mounts"] = [list(mount) for mount in self.mounts]
-        data["filesystems"] = [list(item) for item in self.filesystems]
-        return data
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> GuestFacts:
-        return cls(
-            **{
-                **data,
-                "network": NetStack(data["network"]),
-                "mounts": tuple((m, d) for m, d in data["mounts"]),
-                "filesystems": tuple((d, t) for d, t in data.get("filesystems", ())),
-            }
-        )
-
-    @property
-    def family(self) -> str:
-        return f"{self.distro} {self.major}.{self.minor} ({self.network.value})"
 
 
 def _exists(app: Appliance, path: str, kind: str = "exists") -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import Problem, ProfileError
-from .inspect import GuestFacts
+from .facts import GuestFacts
 from .profile import (
     Account,
     Base,

@@ -35,7 +35,7 @@ from .interrupts import PLUGIN_TIMEOUT, Overran, deadline
 from .log import warn
 
 if TYPE_CHECKING:
-    from .inspect import GuestFacts
+    from .facts import GuestFacts
     from .plan import Plan, VmPlan
     from .profile import Profile
 

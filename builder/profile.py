@@ -170,25 +170,6 @@ class Profile:
     def folder(self) -> Path:
         return self.path.parent
 
-    def base_path(self) -> Path:
-        """The golden image's path on this machine (for ``debian = ...``, in the cache)."""
-        if self.base.golden is not None:
-            from .golden import golden_path
-
-            return golden_path(self.golden_recipe())
-        assert self.base.image is not None
-        image = Path(self.base.image)
-        return image if image.is_absolute() else self.folder / image
-
-    def golden_recipe(self) -> Any:
-        """The recipe of a golden image built from Debian's packages, or None."""
-        from .golden import GoldenRecipe
-
-        golden = self.base.golden
-        if golden is None:
-            return None
-        return GoldenRecipe(release=golden.debian, size=golden.size, packages=golden.packages)
-
 
 # --------------------------------------------------------------------------- sizes
 

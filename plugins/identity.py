@@ -16,10 +16,10 @@ from vmbuild.diskops import (
     RemovePaths,
     WriteFile,
 )
+from vmbuild.facts import GuestFacts
 from vmbuild.hookspecs import hookimpl
 from vmbuild.hostkeys import KEY_TYPES
 from vmbuild.hosts import hosts_file
-from vmbuild.inspect import GuestFacts
 from vmbuild.plan import Plan, VmPlan
 
 #: What a golden VM leaves behind that no clone may inherit.

@@ -12,8 +12,8 @@ import ipaddress
 import uuid
 
 from vmbuild.diskops import Operation, RemovePaths, WriteFile
+from vmbuild.facts import GuestFacts, NetStack
 from vmbuild.hookspecs import hookimpl
-from vmbuild.inspect import GuestFacts, NetStack
 from vmbuild.netconfig import ethernet_v2
 from vmbuild.plan import Plan, VmPlan
 from vmbuild.seed import dump_yaml

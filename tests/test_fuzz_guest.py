@@ -24,7 +24,7 @@ from vmbuild.appliance import Appliance, ApplianceTimeout
 from vmbuild.customize import plan_operations
 from vmbuild.diskops import Context, GuestFiles, Operation
 from vmbuild.errors import BuildError
-from vmbuild.inspect import GuestFacts, NetStack
+from vmbuild.facts import GuestFacts, NetStack
 from vmbuild.plan import Plan, make_plan
 from vmbuild.plugins import Plugins, load_plugins
 from vmbuild.profile import load_profile

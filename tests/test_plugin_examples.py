@@ -21,7 +21,7 @@ from test_plugins import write_lab
 from vmbuild.appliance import Appliance
 from vmbuild.diskops import AuthorizedKeys, EnsureUser, GuestFiles, WriteFile
 from vmbuild.domain import domain_xml
-from vmbuild.inspect import NetStack
+from vmbuild.facts import NetStack
 from vmbuild.plan import Plan, make_plan
 from vmbuild.plugins import Plugins, load_plugins
 from vmbuild.profile import load_profile

@@ -25,8 +25,8 @@ from vmbuild import hookspecs
 from vmbuild.appliance import Appliance
 from vmbuild.diskops import GuestFiles
 from vmbuild.errors import BuildError, ProfileError, UserError
+from vmbuild.facts import GuestFacts, NetStack
 from vmbuild.hostkeys import HostKeySet
-from vmbuild.inspect import GuestFacts, NetStack
 from vmbuild.plan import make_plan
 from vmbuild.plugins import BUILTIN_PLUGINS, HOOK_NAMES, PluginError, load_plugins
 from vmbuild.profile import load_profile

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from vmbuild.base import image_path
 from vmbuild.errors import Problem, ProfileError
 from vmbuild.plan import make_plan
 from vmbuild.profile import (
@@ -404,12 +405,12 @@ def test_later_set_wins_and_changes_the_digest(tmp_path: Path) -> None:
 
 def test_base_image_option_replaces_the_image_and_drops_the_pin(tmp_path: Path) -> None:
     profile = load(tmp_path, pinned("0" * 64) + WEB_DB)
-    assert profile.base_path() == tmp_path / "golden.qcow2"
+    assert image_path(profile.base, profile.folder) == tmp_path / "golden.qcow2"
     assert profile.base.sha256 == "0" * 64
     other = Path("elsewhere/other.qcow2")
     replaced = load(tmp_path, pinned("0" * 64) + WEB_DB, base_image=other)
     assert replaced.base.image == str(other.absolute())
-    assert replaced.base_path() == other.absolute()
+    assert image_path(replaced.base, replaced.folder) == other.absolute()
     assert replaced.base.sha256 is None
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from vmbuild.diskops import AuthorizedKeys, EnsureUser, Operation
+from vmbuild.facts import GuestFacts
 from vmbuild.hookspecs import hookimpl
-from vmbuild.inspect import GuestFacts
 from vmbuild.plan import Plan, VmPlan
 
 USER = "audit"

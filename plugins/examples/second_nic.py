@@ -18,8 +18,8 @@ from typing import Any
 
 from vmbuild.diskops import Operation, WriteFile
 from vmbuild.errors import Problem
+from vmbuild.facts import GuestFacts, NetStack
 from vmbuild.hookspecs import hookimpl
-from vmbuild.inspect import GuestFacts, NetStack
 from vmbuild.plan import Plan, VmPlan
 from vmbuild.profile import Profile
 
