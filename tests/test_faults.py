@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +86,23 @@ def run(
         if point
         else [str(HERE.parent / ".venv" / "bin" / "vmbuild")]
     )
-    return subprocess.run(
-        [*command, "build", str(case.folder / "lab.toml"), "-o", str(case.output), "-q", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=case.folder,
-        env={**os.environ, **(env or {})},
-    )
+    argv = [*command, "build", str(case.folder / "lab.toml"), "-o", str(case.output), "-q", *args]
+    # Output to files, not pipes: the process is then reaped as soon as it dies. A
+    # SIGKILLed vmbuild left unreaped (a zombie) looks alive to libguestfs's
+    # recovery process, which holds the pipes open and never kills the appliance.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(
+            argv,
+            stdout=out,
+            stderr=err,
+            text=True,
+            timeout=600,
+            cwd=case.folder,
+            env={**os.environ, **(env or {})},
+        )
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, done.returncode, out.read(), err.read())
 
 
 @pytest.fixture(scope="module")
