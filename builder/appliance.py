@@ -279,15 +279,12 @@ class Appliance:
         """The cause of a failed launch, where vmbuild can tell it: libguestfs says only
         that QEMU exited, also when a drive is locked by a running VM."""
         for path, fmt in zip(self.drives, self._formats, strict=True):
-            try:
-                qemuimg.info(path, fmt)
-            except BuildError as probe:
-                if qemuimg.is_lock_error(probe):
-                    return ApplianceError(
-                        f"{what}: {path} is locked: a running VM (or another program) is using it",
-                        hint="shut that VM down and build again; a golden image must not "
-                        "change under its clones",
-                    )
+            if qemuimg.is_locked(path, fmt):
+                return ApplianceError(
+                    f"{what}: {path} is locked: a running VM (or another program) is using it",
+                    hint="shut that VM down and build again; a golden image must not "
+                    "change under its clones",
+                )
         first = err.message.splitlines()[0] if err.message else what
         return ApplianceError(first, hint="`vmbuild doctor` tests the appliance on this host")
 

@@ -259,7 +259,7 @@ def _fstab_mounts(
         elif spec.startswith("LABEL="):
             device = by("LABEL", spec[6:].strip('"'))
         else:
-            number = re.search(r"(\d+)$", spec)
+            number = re.search(r"([0-9]+)\Z", spec)
             device = f"{golden}{number.group(1)}" if number and spec.startswith("/dev/") else None
         if device is None:
             raise BuildError(

@@ -88,19 +88,11 @@ def holders(disks: Mapping[str, tuple[Path, str]]) -> dict[str, str]:
     out = {}
     for name, (path, fmt) in present.items():
         why = domains.get(os.path.realpath(path))
-        if why is None and _locked(path, fmt):
+        if why is None and qemuimg.is_locked(path, fmt):
             why = "a QEMU process holds its image lock"
         if why is not None:
             out[name] = why
     return out
-
-
-def _locked(path: Path, fmt: str) -> bool:
-    try:
-        qemuimg.info(path, fmt)
-    except BuildError as err:
-        return qemuimg.is_lock_error(err)
-    return False
 
 
 class LabInUseError(BuildError):

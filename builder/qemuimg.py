@@ -124,6 +124,16 @@ def is_lock_error(error: BuildError) -> bool:
     return "lock" in text and ("Failed to get" in text or "is locked" in text)
 
 
+def is_locked(path: Path, fmt: DiskFormat | str) -> bool:
+    """Whether a running QEMU holds the image's lock: ``info`` without ``-U`` fails
+    on such an image (and only then, of the ways it can fail, with a lock error)."""
+    try:
+        info(path, fmt)
+    except BuildError as err:
+        return is_lock_error(err)
+    return False
+
+
 def info(path: Path, fmt: DiskFormat | str, *, force_share: bool = False) -> ImageInfo:
     args = ["info", "--output=json", "-f", str(fmt)]
     if force_share:
