@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import BuildError, LabBusyError, UserError
 from .interrupts import deferred
 from .log import info
-from .space import free_space_problem
+from .space import write_error
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -78,22 +78,10 @@ def staging(output: Path, lab: str) -> Iterator[Path]:
     try:
         yield path
     except OSError as err:
-        raise _write_failure(err, output) from None
+        raise write_error(err, err.filename or output, output, "; nothing was published") from None
     finally:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _write_failure(err: OSError, output: Path) -> BuildError:
-    """An OSError while writing the staging folder, with the cause named."""
-    where = f" {err.filename}" if err.filename else ""
-    cause = free_space_problem(output) if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
-    return BuildError(
-        f"cannot write{where}: {err.strerror}"
-        + (f" ({cause})" if cause else "")
-        + "; nothing was published",
-        hint="free some space (or choose another --output) and build again" if cause else "",
-    )
 
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:

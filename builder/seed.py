@@ -7,7 +7,6 @@ Rock Ridge, and every timestamp fixed so that two builds give identical bytes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import os
 import re
@@ -23,7 +22,7 @@ import yaml
 
 from .errors import BuildError, UserError
 from .plan import Plan, VmPlan
-from .space import free_space_problem
+from .space import write_error
 
 if TYPE_CHECKING:
     from .plugins import Plugins
@@ -186,13 +185,7 @@ def write_file_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        cause = (
-            free_space_problem(dest.parent) if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
-        )
-        raise BuildError(
-            f"cannot write {dest}: {err.strerror}" + (f" ({cause})" if cause else ""),
-            hint="free some space (or choose another --output) and build again" if cause else "",
-        ) from err
+        raise write_error(err, dest, dest.parent) from err
 
 
 def write_seed(dest: Path, files: Mapping[str, bytes], epoch: int) -> None:

@@ -3,8 +3,11 @@ ran out of either."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+from .errors import BuildError
 
 #: Below this much room, a filesystem counts as full: QEMU allocates a qcow2
 #: cluster (64 KiB) or more at a time, and fails or pauses well before zero.
@@ -24,3 +27,13 @@ def free_space_problem(folder: Path) -> str | None:
     if fs.f_files and inodes == 0:
         return f"the filesystem holding {folder} has no free inodes"
     return None
+
+
+def write_error(err: OSError, what: object, folder: Path, then: str = "") -> BuildError:
+    """A failed write of ``what`` beside ``folder``, naming the cause when the
+    filesystem ran out of room or inodes."""
+    cause = free_space_problem(folder) if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    return BuildError(
+        f"cannot write {what}: {err.strerror}" + (f" ({cause})" if cause else "") + then,
+        hint="free some space (or choose another --output) and build again" if cause else "",
+    )
