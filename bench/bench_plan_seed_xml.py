@@ -35,11 +35,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmbuild.domain import domain_xml
-from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import load_plugins
-from vmbuild.profile import load_profile, parse_profile, read_profile
-from vmbuild.seed import seed_files, seed_iso_bytes, source_date_epoch, write_file_atomic
+from vmbuild.host.files import write_atomic
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import load_profile, parse_profile, read_profile
+from vmbuild.output.domain import domain_xml
+from vmbuild.output.seed import seed_files, seed_iso_bytes, source_date_epoch
+from vmbuild.plugins.manager import load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -274,7 +275,7 @@ def _seed_xml_pass(plan: Plan, out: Path) -> SeedXmlTimes:
         t1 = clock()
         iso = seed_iso_bytes(files, epoch)
         t2 = clock()
-        write_file_atomic(out / vm.seed.file, iso)
+        write_atomic(out / vm.seed.file, iso)
         t3 = clock()
         xml = domain_xml(plan, vm, str(out), hooks)
         t4 = clock()
@@ -325,7 +326,7 @@ def bench_seed_xml_in_big_lab(big_plan: Plan, work: Path) -> None:
         for vm in chosen:
             (out / vm.folder).mkdir(parents=True)
             files = seed_files(big_plan, vm, hooks)
-            write_file_atomic(out / vm.seed.file, seed_iso_bytes(files, epoch))
+            write_atomic(out / vm.seed.file, seed_iso_bytes(files, epoch))
             domain_xml(big_plan, vm, str(out), hooks)
         elapsed = time.perf_counter_ns() - start
         best = elapsed if best is None else min(best, elapsed)
@@ -381,7 +382,7 @@ def bench_baseline(plan: Plan, work: Path) -> None:
 
     def run_vmbuild() -> None:
         for folder, files in folders:
-            write_file_atomic(folder / "vmbuild.iso", seed_iso_bytes(files, epoch))
+            write_atomic(folder / "vmbuild.iso", seed_iso_bytes(files, epoch))
 
     tool_ms = _ms(_best_of(SEED_RUNS, run_tool))
     own_ms = _ms(_best_of(SEED_RUNS, run_vmbuild))

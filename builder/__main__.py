@@ -1,3 +1,3 @@
-from .cli import run
+from vmbuild.cli import run
 
 run()

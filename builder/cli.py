@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-
-from . import __version__, interrupts, log
-from .errors import ExitCode, UserError, VmbuildError
-from .interrupts import Interrupted
-from .plan import Plan, make_plan
-from .profile import Profile, format_size, load_profile
+from vmbuild import __version__, log
+from vmbuild.errors import ExitCode, UserError, VmbuildError
+from vmbuild.host import interrupts
+from vmbuild.host.interrupts import Interrupted
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import Profile, format_size, load_profile
 
 app = typer.Typer(
     name="vmbuild",
@@ -157,8 +157,8 @@ def build(
     failed or interrupted build leaves the previous bundle untouched. Prints the
     bundle's path (or, with --json, its manifest) on stdout.
     """
-    from .build import build as run_build
-    from .plugins import load_plugins
+    from vmbuild.build.pipeline import build as run_build
+    from vmbuild.plugins.manager import load_plugins
 
     log.set_verbosity(0 if quiet else 1 + verbose)
     loaded = _load(profile, overrides, base)
@@ -182,7 +182,7 @@ def build(
 def _warn_unreachable(bundle: Path, manifest: dict[str, Any]) -> None:
     """Say so when libvirt's unprivileged QEMU could not reach the disks or the image
     behind them: the VMs would be defined but would not start."""
-    from .libvirt import unreachable_for_qemu
+    from vmbuild.libvirt.virsh import unreachable_for_qemu
 
     disks = [bundle / vm["artifacts"]["disk"]["file"] for vm in manifest["vms"].values()]
     blocked = unreachable_for_qemu([*disks[:1], Path(manifest["base"]["path"])])
@@ -222,8 +222,8 @@ def validate(
     Reports every problem at once, each with its place (`vm "slave3": ip ...`), and
     exits 2 if there is any. The lab's plugins are loaded and their checks run too.
     """
-    from .base import inspect_base
-    from .plugins import load_plugins
+    from vmbuild.build.base import inspect_base
+    from vmbuild.plugins.manager import load_plugins
 
     log.set_verbosity(1 + verbose)
     loaded = _load(profile, overrides, base)
@@ -256,15 +256,15 @@ def plan_command(
     byte with --json) on any machine. With --inspect it also reads the golden image
     and lists the edits each VM's disk gets.
     """
-    from .plugins import load_plugins
+    from vmbuild.plugins.manager import load_plugins
 
     log.set_verbosity(1 + verbose)
     loaded = _load(profile, overrides, base)
     plugins = load_plugins(loaded)
     plan = make_plan(loaded, plugins)
     if inspect:
-        from .base import inspect_base
-        from .customize import inspect_only, with_operations
+        from vmbuild.build.base import inspect_base
+        from vmbuild.build.customize import inspect_only, with_operations
 
         golden_base = inspect_base(plan, loaded.path)
         if not golden_base.built:
@@ -294,7 +294,7 @@ def plugins_command(
     distribution, file, module) and the hooks it implements. Plugins named in
     VMBUILD_DISABLE_PLUGINS (comma-separated) are listed as disabled.
     """
-    from .plugins import load_plugins
+    from vmbuild.plugins.manager import load_plugins
 
     log.set_verbosity(1 + verbose)
     loaded = _load(profile, overrides, None)
@@ -337,8 +337,8 @@ def golden(
     for the same recipe returns the cached image at once. Needs root (debootstrap).
     Prints the image's path; a profile uses it with `debian = "bookworm"` under [base].
     """
-    from .golden import GoldenRecipe, build_golden
-    from .profile import parse_size
+    from vmbuild.golden.builder import GoldenRecipe, build_golden
+    from vmbuild.model.profile import parse_size
 
     try:
         size_bytes = parse_size(size)
@@ -378,7 +378,7 @@ def doctor(
 
     Exits 3 when something a build needs is missing.
     """
-    from .doctor import run_checks, table
+    from vmbuild.commands.doctor import run_checks, table
 
     checks = run_checks(launch=not quick)
     print(table(checks, verbose))
@@ -430,8 +430,8 @@ def check(
     differ between VMs. Prints a table, one row per VM; exits 5 when any VM differs
     (or is not running, or its agent does not answer).
     """
-    from .check import check_bundle, table
-    from .libvirt import Virsh
+    from vmbuild.commands.check import check_bundle, table
+    from vmbuild.libvirt.virsh import Virsh
 
     log.info(f"‣ Checking the VMs of {bundle}" + (f" (waiting up to {wait:.0f}s)" if wait else ""))
     reports = check_bundle(bundle, Virsh(connect), wait, progress=log.info)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmbuild.hookspecs import hookimpl
-from vmbuild.netconfig import ethernet_v2
-from vmbuild.plan import Plan, VmPlan
-from vmbuild.profile import Account
+from vmbuild.model.netconfig import ethernet_v2
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.model.profile import Account
+from vmbuild.plugins.hookspecs import hookimpl
 
 NAME = "cloudinit"
 

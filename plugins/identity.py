@@ -6,7 +6,7 @@ A built-in plugin, written only against vmbuild's public hooks.
 
 from __future__ import annotations
 
-from vmbuild.diskops import (
+from vmbuild.guest.diskops import (
     AuthorizedKeys,
     EnsureUser,
     HostKeys,
@@ -16,11 +16,11 @@ from vmbuild.diskops import (
     RemovePaths,
     WriteFile,
 )
-from vmbuild.facts import GuestFacts
-from vmbuild.hookspecs import hookimpl
-from vmbuild.hostkeys import KEY_TYPES
-from vmbuild.hosts import hosts_file
-from vmbuild.plan import Plan, VmPlan
+from vmbuild.host.hostkeys import KEY_TYPES
+from vmbuild.model.facts import GuestFacts
+from vmbuild.model.hosts import hosts_file
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.plugins.hookspecs import hookimpl
 
 #: What a golden VM leaves behind that no clone may inherit.
 LEFTOVERS = (

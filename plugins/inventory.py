@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from vmbuild.hookspecs import hookimpl
-from vmbuild.hosts import hosts_file
-from vmbuild.plan import Plan, VmPlan
+from vmbuild.model.hosts import hosts_file
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.plugins.hookspecs import hookimpl
 
 
 def known_hosts(lab: Plan, public_keys: Mapping[str, Mapping[str, str]]) -> str:

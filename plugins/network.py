@@ -11,12 +11,12 @@ from __future__ import annotations
 import ipaddress
 import uuid
 
-from vmbuild.diskops import Operation, RemovePaths, WriteFile
-from vmbuild.facts import GuestFacts, NetStack
-from vmbuild.hookspecs import hookimpl
-from vmbuild.netconfig import ethernet_v2
-from vmbuild.plan import Plan, VmPlan
-from vmbuild.seed import dump_yaml
+from vmbuild.guest.diskops import Operation, RemovePaths, WriteFile
+from vmbuild.model.facts import GuestFacts, NetStack
+from vmbuild.model.netconfig import ethernet_v2
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.output.seed import dump_yaml
+from vmbuild.plugins.hookspecs import hookimpl
 
 IFACE = "lan0"
 _HEADER = "# Written by vmbuild for {name}: {ip}/{prefix} on the NIC with MAC {mac}.\n"

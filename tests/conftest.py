@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from debiangolden import Built, build_once
 from vmbuild import cli, log
-from vmbuild.appliance import kvm_usable
+from vmbuild.guest.appliance import kvm_usable
 
 # Tests that open libguestfs handles themselves use the same accelerator vmbuild
 # detects: KVM when it really works here, TCG otherwise.

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vmbuild import golden
-from vmbuild.golden import GoldenRecipe, build_golden
+from vmbuild.golden import builder as golden
+from vmbuild.golden.builder import GoldenRecipe, build_golden
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def _after(owner: Any, name: str, signum: int, *, nth: int = 1) -> None:
 
 def _during_launch(signum: int) -> None:
     """Send the signal two seconds into the appliance's launch (a blocking C call)."""
-    from vmbuild import appliance
+    from vmbuild.guest import appliance
 
     original = appliance.Appliance.launch
 
@@ -76,14 +76,17 @@ def _during_launch(signum: int) -> None:
 
 def _fallback_between_renames(signum: int) -> None:
     """No RENAME_EXCHANGE (as on NFS), and the signal between the two renames."""
-    from vmbuild import bundle
+    from vmbuild.output import bundle
 
     bundle._renameat2_exchange = lambda a, b: False  # type: ignore[assignment]
     _after(bundle, "_rename", signum)
 
 
 def _install(point: str, signum: int) -> None:
-    from vmbuild import build, bundle, customize, plugins
+    from vmbuild.build import customize
+    from vmbuild.build import pipeline as build
+    from vmbuild.output import bundle
+    from vmbuild.plugins import manager as plugins
 
     # Each function is wrapped where its caller looks it up.
 

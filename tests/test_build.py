@@ -236,7 +236,7 @@ def test_read_only_output_keeps_previous_bundle(
 @pytest.fixture(scope="module")
 def bulky_image(os_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The golden image with 48 MiB of data in it, so that copying it takes a while."""
-    from vmbuild.appliance import Appliance
+    from vmbuild.guest.appliance import Appliance
 
     path = tmp_path_factory.mktemp("bulky") / "golden-data.qcow2"
     shutil.copyfile(os_image, path)
@@ -354,13 +354,13 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(
 
 
 def test_symlink_at_an_output_path_is_replaced_not_followed(tmp_path: Path) -> None:
-    from vmbuild.seed import write_file_atomic
+    from vmbuild.host.files import write_atomic
 
     victim = tmp_path / "victim"
     victim.write_text("keep")
     link = tmp_path / "seed.iso"
     link.symlink_to(victim)
-    write_file_atomic(link, b"new")
+    write_atomic(link, b"new")
     assert victim.read_text() == "keep"
     assert not link.is_symlink() and link.read_bytes() == b"new"
 

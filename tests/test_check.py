@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vmbuild import check
-from vmbuild.check import (
+from vmbuild.commands import check
+from vmbuild.commands.check import (
     Expected,
     VmReport,
     _shared,
@@ -23,7 +23,7 @@ from vmbuild.check import (
     table,
 )
 from vmbuild.errors import UserError
-from vmbuild.libvirt import Virsh, VirshError, unreachable_for_qemu
+from vmbuild.libvirt.virsh import Virsh, VirshError, unreachable_for_qemu
 
 ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIGm6AY2oSZm2fXRGQJ4ZcU5ZBjoGWnP1vFvmKDf0Hk1C"
 

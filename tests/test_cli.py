@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from vmbuild import __version__
-from vmbuild.plan import Plan, make_plan
-from vmbuild.profile import load_profile
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import load_profile
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]
@@ -252,12 +252,12 @@ def test_build_refuses_to_replace_a_folder_that_is_not_a_bundle(
 def test_interrupted_build_exits_130(
     run_cli: RunCli, profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vmbuild.build
+    import vmbuild.build.pipeline
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vmbuild.build, "build", interrupted)
+    monkeypatch.setattr(vmbuild.build.pipeline, "build", interrupted)
     result = run_cli("build", profile, "-o", tmp_path / "out")
     assert result.code == 130
     assert result.err.splitlines()[-1] == "vmbuild: interrupted; nothing was published"

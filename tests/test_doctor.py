@@ -46,7 +46,7 @@ def test_quick_doctor_lists_every_check(
     run_cli: RunCli, monkeypatch: pytest.MonkeyPatch, kvm: str
 ) -> None:
     usable, reason = KVM_ANSWERS[kvm]
-    monkeypatch.setattr("vmbuild.doctor.kvm_usable", lambda: (usable, reason))
+    monkeypatch.setattr("vmbuild.commands.doctor.kvm_usable", lambda: (usable, reason))
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
         Path(folder).chmod(0o755)
         monkeypatch.setenv("VMBUILD_CACHE", folder)
@@ -66,7 +66,7 @@ def test_quick_doctor_lists_every_check(
 def test_verbose_doctor_shows_the_rest_of_a_detail_under_its_row(
     run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("vmbuild.doctor.kvm_usable", lambda: KVM_ANSWERS["aborts"])
+    monkeypatch.setattr("vmbuild.commands.doctor.kvm_usable", lambda: KVM_ANSWERS["aborts"])
     quick = run_cli("doctor", "--quick").out.splitlines()
     result = run_cli("doctor", "--quick", "-v")
     lines = result.out.splitlines()

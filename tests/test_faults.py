@@ -321,7 +321,7 @@ def test_a_running_qemu_on_a_disk_refuses_the_rebuild(case: Case) -> None:
 FILLER = """
 import os
 
-from vmbuild.diskops import Operation
+from vmbuild.guest.diskops import Operation
 
 
 class Fill(Operation):
@@ -347,7 +347,7 @@ INODE_EATER = """
 import os
 from pathlib import Path
 
-from vmbuild.diskops import Operation
+from vmbuild.guest.diskops import Operation
 
 
 class Eat(Operation):

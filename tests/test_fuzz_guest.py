@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vmbuild.appliance import Appliance, ApplianceTimeout
-from vmbuild.customize import plan_operations
-from vmbuild.diskops import Context, GuestFiles, Operation
+from vmbuild.build.customize import plan_operations
 from vmbuild.errors import BuildError
-from vmbuild.facts import GuestFacts, NetStack
-from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import Plugins, load_plugins
-from vmbuild.profile import load_profile
+from vmbuild.guest.appliance import Appliance, ApplianceTimeout
+from vmbuild.guest.diskops import Context, GuestFiles, Operation
+from vmbuild.model.facts import GuestFacts, NetStack
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import load_profile
+from vmbuild.plugins.manager import Plugins, load_plugins
 
 pytestmark = [pytest.mark.guestfs, pytest.mark.slow]
 

@@ -29,15 +29,16 @@ import tomli_w
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vmbuild.bundle import file_digest, sums_text
-from vmbuild.domain import domain_xml
 from vmbuild.errors import VmbuildError
-from vmbuild.hosts import hosts_file
-from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import PluginError, Plugins, load_plugins
-from vmbuild.profile import Account, control_character, load_profile
-from vmbuild.render import render
-from vmbuild.seed import seed_files
+from vmbuild.host.files import file_digest
+from vmbuild.model.hosts import hosts_file
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import Account, control_character, load_profile
+from vmbuild.output.bundle import sums_text
+from vmbuild.output.domain import domain_xml
+from vmbuild.output.render import render
+from vmbuild.output.seed import seed_files
+from vmbuild.plugins.manager import PluginError, Plugins, load_plugins
 
 #: Few enough examples that the whole file runs in seconds on a busy machine.
 FUZZ = settings(

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pycdlib
 import pytest
-from vmbuild.domain import domain_xml
-from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import load_plugins
-from vmbuild.profile import load_profile
-from vmbuild.seed import seed_files, seed_iso_bytes
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import load_profile
+from vmbuild.output.domain import domain_xml
+from vmbuild.output.seed import seed_files, seed_iso_bytes
+from vmbuild.plugins.manager import load_plugins
 
 HERE = Path(__file__).parent
 REPO = HERE.parent

@@ -1,4 +1,4 @@
-"""vmbuild.golden: recipes, cache paths and mirrors (fast), and one real golden image
+"""vmbuild.golden.builder: recipes, cache paths and mirrors (fast), and one real golden image
 built from Debian's packages and booted once under QEMU (slow: needs root,
 debootstrap, the Debian mirror and libguestfs).
 
@@ -19,11 +19,17 @@ from pathlib import Path
 
 import pytest
 from debiangolden import Built, require_builder
-from vmbuild import golden
-from vmbuild.appliance import kvm_usable
 from vmbuild.errors import BuildError, UserError
-from vmbuild.golden import GoldenRecipe, build_golden, cached_golden, golden_path, host_mirror
-from vmbuild.seed import dump_yaml, seed_iso_bytes
+from vmbuild.golden import builder as golden
+from vmbuild.golden.builder import (
+    GoldenRecipe,
+    build_golden,
+    cached_golden,
+    golden_path,
+    host_mirror,
+)
+from vmbuild.guest.appliance import kvm_usable
+from vmbuild.output.seed import dump_yaml, seed_iso_bytes
 
 MIRROR = "http://mirror.example/debian"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import qemu_holding, small_tmpfs
 from guestimages import ImageSpec, make_images
-from vmbuild.appliance import Appliance, ApplianceError, ApplianceTimeout
 from vmbuild.cli import main
-from vmbuild.diskops import GuestFiles, GuestPathError, guest_path
+from vmbuild.guest.appliance import Appliance, ApplianceError, ApplianceTimeout
+from vmbuild.guest.diskops import GuestFiles, GuestPathError, guest_path
 
 pytestmark = pytest.mark.guestfs
 

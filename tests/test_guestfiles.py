@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vmbuild import inspect
-from vmbuild.appliance import Appliance, device_name
-from vmbuild.diskops import Context, GuestFiles, GuestPathError, HostKeys, RemovePaths
+from vmbuild.guest import inspect
+from vmbuild.guest.appliance import Appliance, device_name
+from vmbuild.guest.diskops import Context, GuestFiles, GuestPathError, HostKeys, RemovePaths
 
 QEMU_IMG_OVERLAY = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]
 DRIVES = ("coherence", "glob", "trees", "links", "keys", "root", "inspect")

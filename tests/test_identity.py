@@ -18,9 +18,9 @@ import pytest
 from expected import NATIVE
 from guestimages import FAMILIES, GOLDEN_MACHINE_ID, ImageSpec, golden_facts, make_images
 from guestimages import golden_host_public_keys as golden_keys
-from vmbuild.appliance import Appliance
 from vmbuild.cli import main
-from vmbuild.diskops import GuestFiles
+from vmbuild.guest.appliance import Appliance
+from vmbuild.guest.diskops import GuestFiles
 
 pytestmark = pytest.mark.guestfs
 

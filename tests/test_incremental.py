@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbuild.appliance import Appliance
-from vmbuild.diskops import GuestFiles
+from vmbuild.guest.appliance import Appliance
+from vmbuild.guest.diskops import GuestFiles
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]

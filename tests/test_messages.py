@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbuild import golden as golden_module
+from vmbuild.golden import builder as golden_module
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]
@@ -228,7 +228,7 @@ def test_empty_raw_image_is_refused(
 def test_empty_raw_image_fails_a_build_before_any_appliance(
     run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vmbuild import appliance
+    from vmbuild.guest import appliance
 
     def no_appliance(*args: object, **kwargs: object) -> None:
         raise AssertionError("an appliance was started")

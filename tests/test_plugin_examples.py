@@ -18,14 +18,14 @@ import pytest
 import yaml
 from test_plugins import debian_facts as facts
 from test_plugins import write_lab
-from vmbuild.appliance import Appliance
-from vmbuild.diskops import AuthorizedKeys, EnsureUser, GuestFiles, WriteFile
-from vmbuild.domain import domain_xml
-from vmbuild.facts import NetStack
-from vmbuild.plan import Plan, make_plan
-from vmbuild.plugins import Plugins, load_plugins
-from vmbuild.profile import load_profile
-from vmbuild.seed import seed_files
+from vmbuild.guest.appliance import Appliance
+from vmbuild.guest.diskops import AuthorizedKeys, EnsureUser, GuestFiles, WriteFile
+from vmbuild.model.facts import NetStack
+from vmbuild.model.plan import Plan, make_plan
+from vmbuild.model.profile import load_profile
+from vmbuild.output.domain import domain_xml
+from vmbuild.output.seed import seed_files
+from vmbuild.plugins.manager import Plugins, load_plugins
 from vmbuild_plugins.examples import extra_user, packages, second_nic
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,16 +21,16 @@ from typing import Any
 
 import pycdlib
 import pytest
-from vmbuild import hookspecs
-from vmbuild.appliance import Appliance
-from vmbuild.diskops import GuestFiles
 from vmbuild.errors import BuildError, ProfileError, UserError
-from vmbuild.facts import GuestFacts, NetStack
-from vmbuild.hostkeys import HostKeySet
-from vmbuild.plan import make_plan
-from vmbuild.plugins import BUILTIN_PLUGINS, HOOK_NAMES, PluginError, load_plugins
-from vmbuild.profile import load_profile
-from vmbuild.seed import seed_files, seed_iso_bytes
+from vmbuild.guest.appliance import Appliance
+from vmbuild.guest.diskops import GuestFiles
+from vmbuild.host.hostkeys import HostKeySet
+from vmbuild.model.facts import GuestFacts, NetStack
+from vmbuild.model.plan import make_plan
+from vmbuild.model.profile import load_profile
+from vmbuild.output.seed import seed_files, seed_iso_bytes
+from vmbuild.plugins import hookspecs
+from vmbuild.plugins.manager import BUILTIN_PLUGINS, HOOK_NAMES, PluginError, load_plugins
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]
@@ -213,7 +213,8 @@ def test_disabled_plugins_are_not_loaded(
             "vmbuild_user_dat is not a vmbuild hook (did you mean vmbuild_user_data?)",
         ),
         (
-            "from vmbuild.hookspecs import hookimpl\n\n@hookimpl\ndef motd(vm):\n    pass\n",
+            "from vmbuild.plugins.hookspecs import hookimpl\n\n"
+            "@hookimpl\ndef motd(vm):\n    pass\n",
             "motd is not a vmbuild hook",
         ),
         (
@@ -223,7 +224,7 @@ def test_disabled_plugins_are_not_loaded(
         ("x = 1 / 0\n", "failed to load: ZeroDivisionError: division by zero"),
         ("def vmbuild_user_data(vm)\n", "failed to load: SyntaxError: expected ':' (line 1)"),
         (
-            "from vmbuild.hookspecs import hookimpl\n\n@hookimpl(hookwrapper=True)\n"
+            "from vmbuild.plugins.hookspecs import hookimpl\n\n@hookimpl(hookwrapper=True)\n"
             "def vmbuild_user_data(vm):\n    yield\n",
             "vmbuild_user_data is a hook wrapper",
         ),
@@ -461,8 +462,8 @@ def test_a_plugin_raising_a_vmbuild_error_keeps_its_words_and_exit_code(
 SMALL_PLUGIN = """\
 import xml.etree.ElementTree as ET
 
-from vmbuild.diskops import WriteFile
-from vmbuild.hookspecs import hookimpl
+from vmbuild.guest.diskops import WriteFile
+from vmbuild.plugins.hookspecs import hookimpl
 
 
 @hookimpl
@@ -644,7 +645,7 @@ def test_changing_a_lab_plugin_rebuilds_the_disks(built: Built, run_cli: RunCli)
 
 def _fixed_host_keys() -> Callable[[dict[str, str]], dict[str, HostKeySet]]:
     """Host keys made once per VM name, so that two builds publish the same keys."""
-    from vmbuild.hostkeys import generate_host_keys
+    from vmbuild.host.hostkeys import generate_host_keys
 
     made: dict[str, HostKeySet] = {}
 
@@ -678,7 +679,7 @@ def test_without_the_network_plugin_no_network_file_is_written(
     """Disabled, the network plugin leaves no trace; enabled, the bundle is the default
     one. All builds go to one output folder (paths in the XML and manifest are
     absolute) with the same host keys (ssh-keygen's are random)."""
-    monkeypatch.setattr("vmbuild.build.generate_host_keys", _fixed_host_keys())
+    monkeypatch.setattr("vmbuild.build.pipeline.generate_host_keys", _fixed_host_keys())
     profile = write_lab(tmp_path, os_image, count=1)
     out = tmp_path / "out"
     bundle = out / "t"

@@ -8,10 +8,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from vmbuild.base import image_path
+from vmbuild.build.base import image_path
 from vmbuild.errors import Problem, ProfileError
-from vmbuild.plan import make_plan
-from vmbuild.profile import (
+from vmbuild.model.plan import make_plan
+from vmbuild.model.profile import (
     Bus,
     DiskFormat,
     DiskMode,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from vmbuild.errors import ExitCode, ProfileError, UserError
-from vmbuild.plan import make_plan
-from vmbuild.profile import load_profile
+from vmbuild.model.plan import make_plan
+from vmbuild.model.profile import load_profile
 
 CASES = Path(__file__).parent / "bad_profiles"
 FILES = sorted(CASES.glob("*.toml"))

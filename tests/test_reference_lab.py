@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from debiangolden import Built
 from expected import NATIVE
-from vmbuild.appliance import Appliance
 from vmbuild.cli import main
-from vmbuild.diskops import GuestFiles
+from vmbuild.guest.appliance import Appliance
+from vmbuild.guest.diskops import GuestFiles
 
 pytestmark = [pytest.mark.slow, pytest.mark.guestfs]
 

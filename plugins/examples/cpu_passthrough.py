@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from vmbuild.hookspecs import hookimpl
-from vmbuild.plan import Plan, VmPlan
-from vmbuild.profile import DomainType
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.model.profile import DomainType
+from vmbuild.plugins.hookspecs import hookimpl
 
 
 @hookimpl

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from vmbuild.diskops import AuthorizedKeys, EnsureUser, Operation
-from vmbuild.facts import GuestFacts
-from vmbuild.hookspecs import hookimpl
-from vmbuild.plan import Plan, VmPlan
+from vmbuild.guest.diskops import AuthorizedKeys, EnsureUser, Operation
+from vmbuild.model.facts import GuestFacts
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.plugins.hookspecs import hookimpl
 
 USER = "audit"
 KEYS = (

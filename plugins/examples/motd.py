@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from vmbuild.diskops import Operation, WriteFile
-from vmbuild.facts import GuestFacts
-from vmbuild.hookspecs import hookimpl
-from vmbuild.plan import Plan, VmPlan
+from vmbuild.guest.diskops import Operation, WriteFile
+from vmbuild.model.facts import GuestFacts
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.plugins.hookspecs import hookimpl
 
 
 def motd(lab: Plan, vm: VmPlan) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmbuild.hookspecs import hookimpl
-from vmbuild.plan import Plan, VmPlan
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.plugins.hookspecs import hookimpl
 
 PACKAGES = ["htop", "tmux"]
 FIRST_BOOT = ["sh", "-c", "echo first boot of $(hostname) >> /var/log/lab-first-boot.log"]

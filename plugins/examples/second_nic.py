@@ -16,12 +16,12 @@ import ipaddress
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from vmbuild.diskops import Operation, WriteFile
 from vmbuild.errors import Problem
-from vmbuild.facts import GuestFacts, NetStack
-from vmbuild.hookspecs import hookimpl
-from vmbuild.plan import Plan, VmPlan
-from vmbuild.profile import Profile
+from vmbuild.guest.diskops import Operation, WriteFile
+from vmbuild.model.facts import GuestFacts, NetStack
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.model.profile import Profile
+from vmbuild.plugins.hookspecs import hookimpl
 
 BRIDGE = "br-storage"
 SUBNET = ipaddress.IPv4Network("203.0.113.0/24")

@@ -1,0 +1,422 @@
+"""Derive each VM's identity and artifact paths from a Profile. Pure: no I/O.
+
+The plan is the single source of truth for the build: disk edits, seed ISO and
+domain XML all read hostname, IP and MAC from here, so they cannot disagree.
+The same profile gives the same plan, byte for byte, on any machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import ipaddress
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vmbuild.errors import Problem, ProfileError
+from vmbuild.model.facts import GuestFacts
+from vmbuild.model.profile import (
+    Account,
+    Base,
+    Bus,
+    DiskFormat,
+    DiskMode,
+    DomainType,
+    Golden,
+    Machine,
+    NetType,
+    Profile,
+    SeedBus,
+    VmSpec,
+    find_duplicates,
+)
+
+if TYPE_CHECKING:
+    from vmbuild.plugins.manager import Plugins
+
+PLAN_FORMAT = 1
+#: Namespace for derived domain UUIDs: uuid5(URL namespace, "https://vmbuild.dev/uuid").
+UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vmbuild.dev/uuid")
+#: KVM's locally administered prefix, the one libvirt uses for its own MACs.
+MAC_PREFIX = "52:54:00"
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    #: Path inside the bundle, e.g. "vms/slave1/disk.qcow2".
+    file: str
+    mode: DiskMode
+    format: DiskFormat
+    #: Virtual size in bytes; None keeps the golden image's size.
+    size: int | None
+    bus: Bus
+    #: Guest device name, e.g. "vda".
+    target: str
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    file: str
+    bus: Bus
+    #: "cdrom", or "disk" when attached as a read-only virtio disk.
+    device: str
+    target: str
+
+
+@dataclass(frozen=True)
+class VncPlan:
+    port: int
+    listen: str
+    keymap: str | None
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    name: str
+    #: Position in the lab, from 1.
+    index: int
+    hostname: str
+    fqdn: str
+    mac: str
+    uuid: str
+    instance_id: str
+    #: /etc/machine-id of this clone: derived, so rebuilds agree and clones differ.
+    machine_id: str
+    ip: str
+    prefix: int
+    vcpus: int
+    memory: int
+    machine: Machine
+    nic_model: str
+    autostart: bool
+    vnc: VncPlan
+    disk: DiskPlan
+    seed: SeedPlan
+    xml: str
+    root: Account | None
+    user: Account | None
+    #: The disk operations planned for this VM (filled by inspection, else empty).
+    operations: tuple[dict[str, Any], ...] = ()
+    #: Plugins' own data about this VM (``vmbuild_plan_vm``), JSON-able.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        return f"vms/{self.name}"
+
+    @property
+    def place(self) -> str:
+        return f'vm "{self.name}"'
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    type: NetType
+    source: str | None
+    subnet: str
+    gateway: str | None
+    dns: tuple[str, ...]
+    search: tuple[str, ...]
+    #: The bundle carries network.xml, and define.sh creates the network if missing.
+    create: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    format: int
+    lab: str
+    seed: str
+    domain: str | None
+    domain_type: DomainType
+    profile_digest: str
+    base: Base
+    network: NetworkPlan
+    plugins: tuple[str, ...]
+    vms: tuple[VmPlan, ...]
+    #: What inspection found in the golden image, once it was inspected.
+    guest: GuestFacts | None = None
+
+    def vm(self, name: str) -> VmPlan:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(to_data(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return _plan_from_data(json.loads(text))
+
+
+# ------------------------------------------------------------------ derivation
+
+
+def _hash(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+def derive_mac(seed: str, name: str, attempt: int = 0) -> str:
+    digest = _hash("mac", seed, name, str(attempt))
+    return MAC_PREFIX + "".join(f":{byte:02x}" for byte in digest[:3])
+
+
+def derive_uuid(seed: str, name: str) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, f"{seed}/{name}"))
+
+
+def _account_data(account: Account | None) -> Any:
+    return None if account is None else to_data(account)
+
+
+def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: NetworkPlan) -> str:
+    """Changes whenever anything cloud-init applies once per instance changes."""
+    inputs = {
+        "seed": seed,
+        "name": spec.name,
+        "fqdn": fqdn,
+        "mac": mac,
+        "ip": str(spec.ip),
+        # Where the network comes from is not something the guest sees.
+        "network": {k: v for k, v in to_data(network).items() if k != "create"},
+        "root": _account_data(spec.root),
+        "user": _account_data(spec.user),
+    }
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return f"{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def derive_machine_id(seed: str, name: str, instance_id: str) -> str:
+    return hashlib.sha256("\0".join(("machine-id", seed, name, instance_id)).encode()).hexdigest()[
+        :32
+    ]
+
+
+_DEV_PREFIX = {Bus.VIRTIO: "vd", Bus.IDE: "hd", Bus.SATA: "sd", Bus.SCSI: "sd"}
+
+
+def _devices(spec: VmSpec, problems: list[Problem]) -> tuple[DiskPlan, SeedPlan]:
+    if spec.seed_bus is SeedBus.AUTO:
+        seed_bus = Bus.IDE if spec.machine is Machine.PC else Bus.SCSI
+    else:
+        seed_bus = Bus(spec.seed_bus.value)
+    if spec.machine is Machine.Q35:
+        for what, bus in (("disk_bus", spec.disk_bus), ("seed_bus", seed_bus)):
+            if bus is Bus.IDE:
+                problems.append(
+                    Problem(
+                        spec.place,
+                        f"{what} ide does not exist on machine q35",
+                        "use virtio, scsi or sata, or machine pc",
+                    )
+                )
+    used: dict[str, int] = {}
+
+    def target(bus: Bus) -> str:
+        prefix = _DEV_PREFIX[bus]
+        number = used.get(prefix, 0)
+        used[prefix] = number + 1
+        return prefix + "abcdefghijklmnopqrstuvwxyz"[number]
+
+    fmt = DiskFormat.QCOW2 if spec.disk_mode is DiskMode.OVERLAY else spec.disk_format
+    disk = DiskPlan(
+        file=f"vms/{spec.name}/disk.{fmt.value}",
+        mode=spec.disk_mode,
+        format=fmt,
+        size=spec.disk_size,
+        bus=spec.disk_bus,
+        target=target(spec.disk_bus),
+    )
+    seed = SeedPlan(
+        file=f"vms/{spec.name}/seed.iso",
+        bus=seed_bus,
+        device="disk" if seed_bus is Bus.VIRTIO else "cdrom",
+        target=target(seed_bus),
+    )
+    return disk, seed
+
+
+def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
+    """Derive MAC, UUID, instance-id, VNC port and paths for every VM; then let the
+    plugins annotate each VM (``vmbuild_plan_vm``)."""
+    problems: list[Problem] = []
+    net = profile.network
+    network = NetworkPlan(
+        type=net.type,
+        source=net.source,
+        subnet=str(net.subnet),
+        gateway=None if net.gateway is None else str(net.gateway),
+        dns=tuple(str(address) for address in net.dns),
+        search=net.search,
+        create=net.create,
+    )
+    taken_macs = {spec.mac for spec in profile.vms if spec.mac}
+    vms = []
+    for index, spec in enumerate(profile.vms, start=1):
+        mac = spec.mac
+        if mac is None:
+            attempt = 0
+            mac = derive_mac(profile.seed, spec.name)
+            while mac in taken_macs:
+                attempt += 1
+                mac = derive_mac(profile.seed, spec.name, attempt)
+            taken_macs.add(mac)
+        fqdn = f"{spec.hostname}.{profile.domain}" if profile.domain else spec.hostname
+        port = spec.vnc_port if spec.vnc_port is not None else profile.vnc_base + index
+        if port > 65535:
+            problems.append(Problem(spec.place, f"derived vnc_port {port} is above 65535"))
+        disk, seed = _devices(spec, problems)
+        instance_id = derive_instance_id(profile.seed, spec, mac, fqdn, network)
+        vms.append(
+            VmPlan(
+                name=spec.name,
+                index=index,
+                hostname=spec.hostname,
+                fqdn=fqdn,
+                mac=mac,
+                uuid=str(spec.uuid) if spec.uuid else derive_uuid(profile.seed, spec.name),
+                instance_id=instance_id,
+                machine_id=derive_machine_id(profile.seed, spec.name, instance_id),
+                ip=str(spec.ip),
+                prefix=net.subnet.prefixlen,
+                vcpus=spec.vcpus,
+                memory=spec.memory,
+                machine=spec.machine,
+                nic_model=spec.nic_model,
+                autostart=spec.autostart,
+                vnc=VncPlan(port, spec.vnc_listen, spec.vnc_keymap),
+                disk=disk,
+                seed=seed,
+                xml=f"vms/{spec.name}/domain.xml",
+                root=spec.root,
+                user=spec.user,
+            )
+        )
+
+    def add(place: str, message: str, hint: str) -> None:
+        problems.append(Problem(place, message, hint))
+
+    # Given values were checked against each other while loading; these catch
+    # derived values that collide with given ones.
+    find_duplicates(add, vms, "vnc_port", lambda vm: vm.vnc.port)
+    find_duplicates(add, vms, "uuid", lambda vm: vm.uuid)
+    if problems:
+        raise ProfileError(str(profile.path), problems)
+    plan = Plan(
+        format=PLAN_FORMAT,
+        lab=profile.name,
+        seed=profile.seed,
+        domain=profile.domain,
+        domain_type=profile.domain_type,
+        profile_digest=profile.digest,
+        base=profile.base,
+        network=network,
+        plugins=profile.plugins,
+        vms=tuple(vms),
+    )
+    if plugins is None:
+        return plan
+    return dataclasses.replace(
+        plan,
+        vms=tuple(dataclasses.replace(vm, extra=plugins.plan_vm(plan, vm)) for vm in plan.vms),
+    )
+
+
+# ------------------------------------------------------------------ JSON round trip
+
+
+def to_data(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [to_data(item) for item in value]
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv4Network, uuid.UUID)):
+        return str(value)
+    return value
+
+
+def _account_from(data: Any) -> Account | None:
+    if data is None:
+        return None
+    return Account(
+        name=data["name"],
+        ssh_authorized_keys=tuple(data["ssh_authorized_keys"]),
+        password_hash=data["password_hash"],
+        sudo=data["sudo"],
+    )
+
+
+def _vm_from(data: dict[str, Any]) -> VmPlan:
+    disk = data["disk"]
+    seed = data["seed"]
+    return VmPlan(
+        **{
+            **data,
+            "machine": Machine(data["machine"]),
+            "vnc": VncPlan(**data["vnc"]),
+            "disk": DiskPlan(
+                file=disk["file"],
+                mode=DiskMode(disk["mode"]),
+                format=DiskFormat(disk["format"]),
+                size=disk["size"],
+                bus=Bus(disk["bus"]),
+                target=disk["target"],
+            ),
+            "seed": SeedPlan(
+                file=seed["file"],
+                bus=Bus(seed["bus"]),
+                device=seed["device"],
+                target=seed["target"],
+            ),
+            "root": _account_from(data["root"]),
+            "user": _account_from(data["user"]),
+            "operations": tuple(data.get("operations", ())),
+            "extra": data.get("extra", {}),
+        }
+    )
+
+
+def _plan_from_data(data: dict[str, Any]) -> Plan:
+    if data.get("format") != PLAN_FORMAT:
+        raise ValueError(f"unsupported plan format {data.get('format')!r}")
+    net = data["network"]
+    base = data["base"]
+    return Plan(
+        format=data["format"],
+        lab=data["lab"],
+        seed=data["seed"],
+        domain=data["domain"],
+        domain_type=DomainType(data["domain_type"]),
+        profile_digest=data["profile_digest"],
+        base=Base(
+            base["image"],
+            base["sha256"],
+            DiskFormat(base["format"]),
+            None
+            if base.get("golden") is None
+            else Golden(
+                base["golden"]["debian"],
+                base["golden"]["size"],
+                tuple(base["golden"]["packages"]),
+            ),
+        ),
+        network=NetworkPlan(
+            type=NetType(net["type"]),
+            source=net["source"],
+            subnet=net["subnet"],
+            gateway=net["gateway"],
+            dns=tuple(net["dns"]),
+            search=tuple(net["search"]),
+            create=bool(net.get("create", False)),
+        ),
+        plugins=tuple(data["plugins"]),
+        vms=tuple(_vm_from(vm) for vm in data["vms"]),
+        guest=GuestFacts.from_data(data["guest"]) if data.get("guest") else None,
+    )
