@@ -6,8 +6,10 @@ kept in the plan and the bundle, read by plugins; this module itself does no I/O
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from vmbuild.model import codec
 
 
 class NetStack(enum.StrEnum):
@@ -37,22 +39,12 @@ class GuestFacts:
     filesystems: tuple[tuple[str, str], ...] = ()
 
     def to_data(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["network"] = self.network.value
-        data["mounts"] = [list(mount) for mount in self.mounts]
-        data["filesystems"] = [list(item) for item in self.filesystems]
+        data: dict[str, Any] = codec.to_data(self)
         return data
 
     @classmethod
-    def from_data(cls, data: dict[str, Any]) -> GuestFacts:
-        return cls(
-            **{
-                **data,
-                "network": NetStack(data["network"]),
-                "mounts": tuple((m, d) for m, d in data["mounts"]),
-                "filesystems": tuple((d, t) for d, t in data.get("filesystems", ())),
-            }
-        )
+    def from_data(cls, data: Any) -> GuestFacts:
+        return codec.from_data(cls, data)
 
     @property
     def family(self) -> str:

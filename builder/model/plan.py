@@ -8,16 +8,18 @@ The same profile gives the same plan, byte for byte, on any machine.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
-import ipaddress
 import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# The codec reads the fields' types at run time: the model's types are imported here,
+# not under TYPE_CHECKING.
 from vmbuild.errors import Problem, ProfileError
+from vmbuild.model.codec import from_data
+from vmbuild.model.codec import to_data as to_data  # re-exported: the build imports it here
 from vmbuild.model.facts import GuestFacts
 from vmbuild.model.profile import (
     Account,
@@ -26,7 +28,6 @@ from vmbuild.model.profile import (
     DiskFormat,
     DiskMode,
     DomainType,
-    Golden,
     Machine,
     NetType,
     Profile,
@@ -151,7 +152,16 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        return _plan_from_data(json.loads(text))
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data: Any) -> Plan:
+        """A plan as to_data wrote it; ValueError (a DecodeError naming the field,
+        for data that does not fit) for anything else."""
+        found = data.get("format") if isinstance(data, dict) else None
+        if found != PLAN_FORMAT:
+            raise ValueError(f"unsupported plan format {found!r}")
+        return from_data(cls, data)
 
 
 # ------------------------------------------------------------------ derivation
@@ -170,10 +180,6 @@ def derive_uuid(seed: str, name: str) -> str:
     return str(uuid.uuid5(UUID_NAMESPACE, f"{seed}/{name}"))
 
 
-def _account_data(account: Account | None) -> Any:
-    return None if account is None else to_data(account)
-
-
 def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: NetworkPlan) -> str:
     """Changes whenever anything cloud-init applies once per instance changes."""
     inputs = {
@@ -184,8 +190,8 @@ def derive_instance_id(seed: str, spec: VmSpec, mac: str, fqdn: str, network: Ne
         "ip": str(spec.ip),
         # Where the network comes from is not something the guest sees.
         "network": {k: v for k, v in to_data(network).items() if k != "create"},
-        "root": _account_data(spec.root),
-        "user": _account_data(spec.user),
+        "root": to_data(spec.root),
+        "user": to_data(spec.user),
     }
     text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return f"{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
@@ -246,15 +252,8 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
     plugins annotate each VM (``vmbuild_plan_vm``)."""
     problems: list[Problem] = []
     net = profile.network
-    network = NetworkPlan(
-        type=net.type,
-        source=net.source,
-        subnet=str(net.subnet),
-        gateway=None if net.gateway is None else str(net.gateway),
-        dns=tuple(str(address) for address in net.dns),
-        search=net.search,
-        create=net.create,
-    )
+    # The profile's network with its addresses as text: the same fields, read back.
+    network = from_data(NetworkPlan, to_data(net), "network")
     taken_macs = {spec.mac for spec in profile.vms if spec.mac}
     vms = []
     for index, spec in enumerate(profile.vms, start=1):
@@ -324,99 +323,4 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
     return dataclasses.replace(
         plan,
         vms=tuple(dataclasses.replace(vm, extra=plugins.plan_vm(plan, vm)) for vm in plan.vms),
-    )
-
-
-# ------------------------------------------------------------------ JSON round trip
-
-
-def to_data(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (tuple, list)):
-        return [to_data(item) for item in value]
-    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv4Network, uuid.UUID)):
-        return str(value)
-    return value
-
-
-def _account_from(data: Any) -> Account | None:
-    if data is None:
-        return None
-    return Account(
-        name=data["name"],
-        ssh_authorized_keys=tuple(data["ssh_authorized_keys"]),
-        password_hash=data["password_hash"],
-        sudo=data["sudo"],
-    )
-
-
-def _vm_from(data: dict[str, Any]) -> VmPlan:
-    disk = data["disk"]
-    seed = data["seed"]
-    return VmPlan(
-        **{
-            **data,
-            "machine": Machine(data["machine"]),
-            "vnc": VncPlan(**data["vnc"]),
-            "disk": DiskPlan(
-                file=disk["file"],
-                mode=DiskMode(disk["mode"]),
-                format=DiskFormat(disk["format"]),
-                size=disk["size"],
-                bus=Bus(disk["bus"]),
-                target=disk["target"],
-            ),
-            "seed": SeedPlan(
-                file=seed["file"],
-                bus=Bus(seed["bus"]),
-                device=seed["device"],
-                target=seed["target"],
-            ),
-            "root": _account_from(data["root"]),
-            "user": _account_from(data["user"]),
-            "operations": tuple(data.get("operations", ())),
-            "extra": data.get("extra", {}),
-        }
-    )
-
-
-def _plan_from_data(data: dict[str, Any]) -> Plan:
-    if data.get("format") != PLAN_FORMAT:
-        raise ValueError(f"unsupported plan format {data.get('format')!r}")
-    net = data["network"]
-    base = data["base"]
-    return Plan(
-        format=data["format"],
-        lab=data["lab"],
-        seed=data["seed"],
-        domain=data["domain"],
-        domain_type=DomainType(data["domain_type"]),
-        profile_digest=data["profile_digest"],
-        base=Base(
-            base["image"],
-            base["sha256"],
-            DiskFormat(base["format"]),
-            None
-            if base.get("golden") is None
-            else Golden(
-                base["golden"]["debian"],
-                base["golden"]["size"],
-                tuple(base["golden"]["packages"]),
-            ),
-        ),
-        network=NetworkPlan(
-            type=NetType(net["type"]),
-            source=net["source"],
-            subnet=net["subnet"],
-            gateway=net["gateway"],
-            dns=tuple(net["dns"]),
-            search=tuple(net["search"]),
-            create=bool(net.get("create", False)),
-        ),
-        plugins=tuple(data["plugins"]),
-        vms=tuple(_vm_from(vm) for vm in data["vms"]),
-        guest=GuestFacts.from_data(data["guest"]) if data.get("guest") else None,
     )

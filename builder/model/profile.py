@@ -385,6 +385,21 @@ def _quote(value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One key of a profile table: how its value is read, and what it is when absent."""
+
+    parse: Callable[[Any], Any]
+    default: Any = None
+    required: bool = False
+    #: How a bad value is shown in its message: quoted, or bare for addresses.
+    show: Callable[[Any], str] = _quote
+
+
+#: "The setting's declared default", where None may be a default of its own.
+_DECLARED: Any = object()
+
+
 class _Checker:
     """Collects problems; parse helpers return _INVALID after reporting one."""
 
@@ -403,6 +418,18 @@ class _Checker:
                 hint = f'did you mean "{close[0]}"?' if close else ""
                 self.add(place, f"unknown key {_quote(key)}", hint)
 
+    def section(
+        self,
+        table: Mapping[str, Any],
+        place: str,
+        settings: Mapping[str, Setting],
+        allowed: Iterable[str] | None = None,
+    ) -> _Section:
+        """Report the unknown keys of ``table`` (those not in ``allowed``, by default
+        the settings' own) and return its reader."""
+        self.keys(table, place, settings if allowed is None else allowed)
+        return _Section(self, table, place, settings)
+
     def table(self, raw: Mapping[str, Any], key: str, place: str) -> dict[str, Any]:
         value = raw.get(key, {})
         if not isinstance(value, dict):
@@ -410,22 +437,21 @@ class _Checker:
             return {}
         return value
 
-    # Each helper takes the table, key, place and returns the parsed value,
-    # the default when absent, or _INVALID after reporting.
     def get(
         self,
         table: Mapping[str, Any],
         key: str,
         place: str,
-        parse: Callable[[Any], T],
-        default: Any = None,
-        required: bool = False,
-        show: Callable[[Any], str] = _quote,
+        setting: Setting,
+        default: Any = _DECLARED,
     ) -> Any:
+        """The value of ``key`` in ``table`` as ``setting`` reads it; when absent,
+        ``default`` if given, else the setting's; _INVALID after reporting."""
+        show = setting.show
         if key not in table:
-            if required:
+            if setting.required:
                 return self.add(place, f"{key} is required")
-            return default
+            return setting.default if default is _DECLARED else default
         value = table[key]
         # Checked before parsing, so that it is the one problem reported.
         if isinstance(value, list):
@@ -444,11 +470,27 @@ class _Checker:
                     place, f"{key} {show(value)} contains a control character ({found})"
                 )
         try:
-            return parse(value)
+            return setting.parse(value)
         except _ItemError as err:
             return self.add(place, f"{key} item {err.index} {_bare(err.element)} {err}")
         except ValueError as err:
             return self.add(place, f"{key} {show(value)} {err}", getattr(err, "hint", ""))
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One table of the profile, read key by key as its settings say."""
+
+    check: _Checker
+    table: Mapping[str, Any]
+    place: str
+    settings: Mapping[str, Setting]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.table
+
+    def __call__(self, key: str, default: Any = _DECLARED) -> Any:
+        return self.check.get(self.table, key, self.place, self.settings[key], default)
 
 
 class _HintedError(ValueError):
@@ -618,35 +660,44 @@ def _string_list(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
     return parse
 
 
-def _ssh_key(value: Any) -> str:
-    text = _string(value).strip(" ")
-    if not _SSH_KEY.fullmatch(text):
-        raise ValueError("is not an SSH public key like 'ssh-ed25519 AAAA... comment'")
-    return text
+def _matching(
+    pattern: re.Pattern[str], message: str, clean: Callable[[str], str] = str
+) -> Callable[[Any], str]:
+    """A string that ``pattern`` matches whole once ``clean`` has tidied it;
+    ``message`` says what it is not."""
+
+    def parse(value: Any) -> str:
+        text = clean(_string(value))
+        if not pattern.fullmatch(text):
+            raise ValueError(message)
+        return text
+
+    return parse
 
 
-def _password_hash(value: Any) -> str:
-    text = _string(value)
-    if not _CRYPT.fullmatch(text):
-        raise ValueError(
-            "is not a crypt(3) password hash; make one with 'openssl passwd -6' or "
-            "'mkpasswd -m yescrypt' (plain passwords are never written into images)"
-        )
-    return text
+#: Names debootstrap and apt accept; golden.py checks its recipes with the same.
+DEBIAN_RELEASE = re.compile(r"[a-z][a-z0-9-]{1,30}")
+DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
-
-def _keymap(value: Any) -> str:
-    text = _string(value)
-    if not _KEYMAP.fullmatch(text):
-        raise ValueError("is not a keymap like en-us or de")
-    return text
-
-
-def _nic_model(value: Any) -> str:
-    text = _string(value)
-    if not _NIC_MODEL.fullmatch(text):
-        raise ValueError("is not a NIC model like virtio or e1000")
-    return text
+_ssh_key = _matching(
+    _SSH_KEY,
+    "is not an SSH public key like 'ssh-ed25519 AAAA... comment'",
+    lambda text: text.strip(" "),
+)
+_password_hash = _matching(
+    _CRYPT,
+    "is not a crypt(3) password hash; make one with 'openssl passwd -6' or "
+    "'mkpasswd -m yescrypt' (plain passwords are never written into images)",
+)
+_keymap = _matching(_KEYMAP, "is not a keymap like en-us or de")
+_nic_model = _matching(_NIC_MODEL, "is not a NIC model like virtio or e1000")
+_debian_release = _matching(DEBIAN_RELEASE, "is not a Debian release name like bookworm")
+_package = _matching(DEBIAN_PACKAGE, "is not a Debian package name")
+_sha256_pin = _matching(
+    _SHA256,
+    "is not a sha256 digest (64 hex digits)",
+    lambda text: text.removeprefix("sha256:"),
+)
 
 
 def _vm_name(value: Any) -> str:
@@ -659,48 +710,113 @@ def _vm_name(value: Any) -> str:
     return text
 
 
+def _unchecked(value: Any) -> Any:
+    """A value checked later: a group's hostname, once {n} is expanded."""
+    return value
+
+
 # -------------------------------------------------------------------- the schema
 
-_TOP_KEYS = ("plugins", "lab", "base", "network", "defaults", "root", "user", "vm")
-_LAB_KEYS = ("name", "seed", "domain", "domain_type", "vnc_base")
-_BASE_KEYS = ("image", "sha256", "format", "debian", "size", "packages")
-_NETWORK_KEYS = ("type", "source", "create", "subnet", "gateway", "dns", "search")
-_ACCOUNT_KEYS = ("name", "ssh_authorized_keys", "password_hash", "sudo")
-#: Keys that [defaults] sets for every VM and any [[vm]] may override.
-_VM_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "vcpus": (_integer(1, 4096), 2),
-    # virt-install takes a bare memory in MiB and a bare disk size in GiB.
-    "memory": (_size(16 << 20, 1 << 20, ("M", "G")), 2 << 30),
-    "disk_size": (_size(1 << 20, 1 << 20, ("G",)), None),
-    "disk_mode": (_choice(DiskMode), DiskMode.OVERLAY),
-    "disk_format": (_choice(DiskFormat), DiskFormat.QCOW2),
-    "disk_bus": (_choice(Bus), Bus.VIRTIO),
-    "seed_bus": (_choice(SeedBus), SeedBus.AUTO),
-    "machine": (_choice(Machine), Machine.PC),
-    "nic_model": (_nic_model, "virtio"),
-    "vnc_listen": (lambda value: str(_ipv4(value)), "127.0.0.1"),
-    "vnc_keymap": (_keymap, None),
-    "autostart": (_boolean, False),
+_TOP = {"plugins": Setting(_string_list(_nonempty), ())}
+_LAB = {
+    "name": Setting(_vm_name, required=True),
+    # Absent, the lab's name.
+    "seed": Setting(_nonempty),
+    "domain": Setting(_domain),
+    "domain_type": Setting(_choice(DomainType), DomainType.KVM),
+    "vnc_base": Setting(_integer(5900, 65000), 5900),
 }
-_VM_ONLY_KEYS = ("name", "hostname", "ip", "mac", "uuid", "vnc_port", "count", "first")
-_VM_KEYS = (*_VM_ONLY_KEYS, *_VM_SETTINGS, "root", "user")
+_BASE = {
+    "image": Setting(_nonempty),
+    "sha256": Setting(_sha256_pin),
+    "format": Setting(_choice(DiskFormat), DiskFormat.QCOW2),
+    "debian": Setting(_debian_release),
+    "size": Setting(_size(1 << 30, 1 << 20, ("G",)), 4 << 30),
+    "packages": Setting(_string_list(_package), ()),
+}
+_NETWORK = {
+    "type": Setting(_choice(NetType), NetType.BRIDGE),
+    "source": Setting(_nonempty),
+    "create": Setting(_boolean, False),
+    "subnet": Setting(_subnet, required=True, show=_bare),
+    "gateway": Setting(_ipv4, show=_bare),
+    "dns": Setting(_string_list(_ipv4), ()),
+    # Absent, [lab.domain] (or none without a domain).
+    "search": Setting(_string_list(_domain)),
+}
+#: Keys that [defaults] sets for every VM and any [[vm]] may override.
+_VM_SETTINGS = {
+    "vcpus": Setting(_integer(1, 4096), 2),
+    # virt-install takes a bare memory in MiB and a bare disk size in GiB.
+    "memory": Setting(_size(16 << 20, 1 << 20, ("M", "G")), 2 << 30),
+    "disk_size": Setting(_size(1 << 20, 1 << 20, ("G",))),
+    "disk_mode": Setting(_choice(DiskMode), DiskMode.OVERLAY),
+    "disk_format": Setting(_choice(DiskFormat), DiskFormat.QCOW2),
+    "disk_bus": Setting(_choice(Bus), Bus.VIRTIO),
+    "seed_bus": Setting(_choice(SeedBus), SeedBus.AUTO),
+    "machine": Setting(_choice(Machine), Machine.PC),
+    "nic_model": Setting(_nic_model, "virtio"),
+    "vnc_listen": Setting(lambda value: str(_ipv4(value)), "127.0.0.1"),
+    "vnc_keymap": Setting(_keymap),
+    "autostart": Setting(_boolean, False),
+}
+#: A [[vm]] entry: its own keys, then every [defaults] key.
+_VM = {
+    "name": Setting(_vm_name, required=True),
+    "hostname": Setting(_unchecked),
+    "ip": Setting(_ipv4, required=True, show=_bare),
+    "mac": Setting(_mac, show=_bare),
+    "uuid": Setting(_uuid),
+    "vnc_port": Setting(_integer(5900, 65535)),
+    "count": Setting(_integer(1, 4096), 1),
+    "first": Setting(_integer(0, 1_000_000), 1),
+    **_VM_SETTINGS,
+}
+#: [user] and a VM's user; [root] takes only the credentials.
+_ACCOUNT = {
+    "name": Setting(_string, required=True),
+    "ssh_authorized_keys": Setting(_string_list(_ssh_key), ()),
+    "password_hash": Setting(_password_hash),
+    # root's is always false: its login needs no sudo.
+    "sudo": Setting(_boolean, True),
+}
+_ACCOUNT_TABLES = ("root", "user")
+
+#: Every table of a profile ("profile" is its top level) and the settings it takes:
+#: what the loader reads, and what docs/profile.md documents.
+SETTINGS: dict[str, Mapping[str, Setting]] = {
+    "profile": _TOP,
+    "lab": _LAB,
+    "base": _BASE,
+    "network": _NETWORK,
+    "defaults": _VM_SETTINGS,
+    "root": {key: _ACCOUNT[key] for key in ("ssh_authorized_keys", "password_hash")},
+    "user": _ACCOUNT,
+    "vm": _VM,
+}
+#: The tables a table holds.
+_SUBTABLES = {"profile": tuple(t for t in SETTINGS if t != "profile"), "vm": _ACCOUNT_TABLES}
+#: Every key each table takes: its settings, then its tables.
+PROFILE_KEYS: dict[str, tuple[str, ...]] = {
+    table: (*settings, *_SUBTABLES.get(table, ())) for table, settings in SETTINGS.items()
+}
 
 
-def _account(check: _Checker, table: Mapping[str, Any], place: str, root: bool) -> Account | None:
-    check.keys(table, place, _ACCOUNT_KEYS if not root else _ACCOUNT_KEYS[1:3])
+def _account(check: _Checker, raw: Mapping[str, Any], place: str, root: bool) -> Account | None:
+    table = check.section(raw, place, _ACCOUNT, PROFILE_KEYS["root"] if root else None)
     if root:
         name = "root"
     else:
-        name = check.get(table, "name", place, _string, required=True)
+        name = table("name")
         if name is not _INVALID and (not _USER_NAME.fullmatch(name) or name == "root"):
             name = check.add(
                 place,
                 f"name {_quote(name)} is not a user name (lower-case letters, digits, "
                 "'_' or '-', starting with a letter or '_', not root)",
             )
-    keys = check.get(table, "ssh_authorized_keys", place, _string_list(_ssh_key), ())
-    password = check.get(table, "password_hash", place, _password_hash)
-    sudo = check.get(table, "sudo", place, _boolean, not root)
+    keys = table("ssh_authorized_keys")
+    password = table("password_hash")
+    sudo = table("sudo", not root)
     if _INVALID in (name, keys, password, sudo):
         return None
     return Account(name, keys, password, sudo)
@@ -731,42 +847,36 @@ def _vm_place(entry: Mapping[str, Any], index: int) -> str:
 def _parse_vms(
     check: _Checker,
     raw_vms: Any,
-    defaults: Mapping[str, Any],
+    defaults: _Section,
     accounts: Mapping[str, Account | None],
 ) -> list[VmSpec]:
     if not isinstance(raw_vms, list) or not raw_vms:
         check.add("vm", "the lab has no VMs", "add at least one [[vm]] table")
         return []
-    default_values = {
-        key: check.get(defaults, key, "defaults", parse, fallback)
-        for key, (parse, fallback) in _VM_SETTINGS.items()
-    }
+    default_values = {key: defaults(key) for key in _VM_SETTINGS}
     vms: list[VmSpec] = []
     for index, entry in enumerate(raw_vms):
         place = _vm_place(entry, index) if isinstance(entry, dict) else f"vm[{index + 1}]"
         if not isinstance(entry, dict):
             check.add(place, "must be a table ([[vm]])")
             continue
-        check.keys(entry, place, _VM_KEYS)
-        values = {
-            key: check.get(entry, key, place, parse, default_values[key])
-            for key, (parse, _) in _VM_SETTINGS.items()
-        }
+        vm = check.section(entry, place, _VM, PROFILE_KEYS["vm"])
+        values = {key: vm(key, default_values[key]) for key in _VM_SETTINGS}
         own_accounts: dict[str, Account | None] = {}
-        for who in ("root", "user"):
+        for who in _ACCOUNT_TABLES:
             if who in entry:
                 sub = check.table(entry, who, place)
                 own_accounts[who] = _account(check, sub, f"{place}.{who}", who == "root")
             else:
                 own_accounts[who] = accounts.get(who)
-        name = check.get(entry, "name", place, _vm_name, required=True)
-        count = check.get(entry, "count", place, _integer(1, 4096), 1)
-        first = check.get(entry, "first", place, _integer(0, 1_000_000), 1)
-        hostname_raw = check.get(entry, "hostname", place, lambda value: value)
-        ip = check.get(entry, "ip", place, _ipv4, required=True, show=_bare)
-        mac = check.get(entry, "mac", place, _mac, show=_bare)
-        uid = check.get(entry, "uuid", place, _uuid)
-        vnc_port = check.get(entry, "vnc_port", place, _integer(5900, 65535))
+        name = vm("name")
+        count = vm("count")
+        first = vm("first")
+        hostname_raw = vm("hostname")
+        ip = vm("ip")
+        mac = vm("mac")
+        uid = vm("uuid")
+        vnc_port = vm("vnc_port")
         if _INVALID in (name, count, first, hostname_raw, ip, mac, uid, vnc_port):
             continue
         if (
@@ -967,23 +1077,25 @@ def read_profile(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: no such profile") from None
+        raise UserError("no such profile", place=str(path)) from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a profile") from None
+        raise UserError("is a folder, not a profile", place=str(path)) from None
     except OSError as err:
-        raise UserError(f"{path}: cannot read the profile: {err.strerror}") from None
+        raise UserError(f"cannot read the profile: {err.strerror}", place=str(path)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        raise UserError(f"not UTF-8 text (byte {err.start})", place=str(path)) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML: {escape_controls(str(err))}") from None
+        raise UserError(f"not valid TOML: {escape_controls(str(err))}", place=str(path)) from None
     except ValueError:  # Python's limit on the digits of an integer
-        raise UserError(f"{path}: not valid TOML: a number has too many digits") from None
+        raise UserError("not valid TOML: a number has too many digits", place=str(path)) from None
     except RecursionError:
-        raise UserError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
+        raise UserError(
+            "not valid TOML: arrays or tables nested too deeply", place=str(path)
+        ) from None
 
 
 def load_profile(
@@ -1009,34 +1121,32 @@ def parse_profile(
             for key in ("sha256", "debian", "size", "packages"):
                 base_table.pop(key, None)
     digest = json_digest(raw)
-    check.keys(raw, "profile", _TOP_KEYS)
+    top = check.section(raw, "profile", _TOP, PROFILE_KEYS["profile"])
 
-    lab = check.table(raw, "lab", "lab")
-    check.keys(lab, "lab", _LAB_KEYS)
-    name = check.get(lab, "name", "lab", _vm_name, required=True)
-    seed = check.get(lab, "seed", "lab", _nonempty, name)
-    domain = check.get(lab, "domain", "lab", _domain)
-    domain_type = check.get(lab, "domain_type", "lab", _choice(DomainType), DomainType.KVM)
-    vnc_base = check.get(lab, "vnc_base", "lab", _integer(5900, 65000), 5900)
+    lab = check.section(check.table(raw, "lab", "lab"), "lab", _LAB)
+    name = lab("name")
+    seed = lab("seed", name)
+    domain = lab("domain")
+    domain_type = lab("domain_type")
+    vnc_base = lab("vnc_base")
     if isinstance(name, str) and "{" in name:
         check.add("lab", f"name {_quote(name)} may not contain braces")
 
-    base_raw = check.table(raw, "base", "base")
-    check.keys(base_raw, "base", _BASE_KEYS)
+    base = check.section(check.table(raw, "base", "base"), "base", _BASE)
     golden = None
-    if "image" in base_raw and "debian" in base_raw:
+    if "image" in base and "debian" in base:
         image = check.add("base", "give either image or debian, not both")
-    elif "image" in base_raw:
-        image = check.get(base_raw, "image", "base", _nonempty)
+    elif "image" in base:
+        image = base("image")
         for key in ("size", "packages"):
-            if key in base_raw:
+            if key in base:
                 check.add("base", f'{key} is only used with debian = "<release>"')
-    elif "debian" in base_raw:
+    elif "debian" in base:
         image = None
-        release = check.get(base_raw, "debian", "base", _debian_release)
-        size = check.get(base_raw, "size", "base", _size(1 << 30, 1 << 20, ("G",)), 4 << 30)
-        packages = check.get(base_raw, "packages", "base", _string_list(_package), ())
-        if "sha256" in base_raw:
+        release = base("debian")
+        size = base("size")
+        packages = base("packages")
+        if "sha256" in base:
             check.add(
                 "base",
                 "sha256 cannot pin an image vmbuild builds itself",
@@ -1050,19 +1160,18 @@ def parse_profile(
             "image is required",
             'add image = "golden.qcow2" (or debian = "bookworm") under [base], or use --base',
         )
-    pin = check.get(base_raw, "sha256", "base", _sha256_pin)
-    base_format = check.get(base_raw, "format", "base", _choice(DiskFormat), DiskFormat.QCOW2)
+    pin = base("sha256")
+    base_format = base("format")
 
-    net_raw = check.table(raw, "network", "network")
-    check.keys(net_raw, "network", _NETWORK_KEYS)
-    net_type = check.get(net_raw, "type", "network", _choice(NetType), NetType.BRIDGE)
-    source = check.get(net_raw, "source", "network", _nonempty)
+    net = check.section(check.table(raw, "network", "network"), "network", _NETWORK)
+    net_type = net("type")
+    source = net("source")
     if net_type in (NetType.BRIDGE, NetType.NETWORK) and source is None:
         what = "bridge" if net_type is NetType.BRIDGE else "libvirt network"
         check.add("network", f"source is required for type {net_type.value} (the {what} name)")
     if net_type is NetType.USER and source is not None:
         check.add("network", "source is not used with type user; remove it")
-    create = check.get(net_raw, "create", "network", _boolean, False)
+    create = net("create")
     if create is True and net_type is not NetType.NETWORK:
         check.add(
             "network",
@@ -1071,22 +1180,21 @@ def parse_profile(
         )
     if isinstance(source, str) and not _NET_SOURCE.fullmatch(source):
         check.add("network", f"source {_quote(source)} is not a bridge or network name")
-    subnet = check.get(net_raw, "subnet", "network", _subnet, required=True, show=_bare)
-    gateway = check.get(net_raw, "gateway", "network", _ipv4, show=_bare)
-    dns = check.get(net_raw, "dns", "network", _string_list(_ipv4), ())
-    search = check.get(net_raw, "search", "network", _string_list(_domain), None)
+    subnet = net("subnet")
+    gateway = net("gateway")
+    dns = net("dns")
+    search = net("search")
     if search is None and isinstance(domain, str):
         search = (domain,)
 
-    defaults = check.table(raw, "defaults", "defaults")
-    check.keys(defaults, "defaults", (*_VM_SETTINGS,))
+    defaults = check.section(check.table(raw, "defaults", "defaults"), "defaults", _VM_SETTINGS)
     accounts: dict[str, Account | None] = {}
-    for who in ("root", "user"):
+    for who in _ACCOUNT_TABLES:
         accounts[who] = (
             _account(check, check.table(raw, who, who), who, who == "root") if who in raw else None
         )
 
-    plugins = check.get(raw, "plugins", "profile", _string_list(_nonempty), ())
+    plugins = top("plugins")
     vms = _parse_vms(check, raw.get("vm"), defaults, accounts)
 
     network = None
@@ -1117,31 +1225,3 @@ def parse_profile(
         vms=tuple(vms),
         plugins=plugins,
     )
-
-
-#: Names debootstrap and apt accept; golden.py checks its recipes with the same.
-DEBIAN_RELEASE = re.compile(r"[a-z][a-z0-9-]{1,30}")
-DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-
-
-def _debian_release(value: Any) -> str:
-    text = _string(value)
-    if not DEBIAN_RELEASE.fullmatch(text):
-        raise ValueError("is not a Debian release name like bookworm")
-    return text
-
-
-def _package(value: Any) -> str:
-    text = _string(value)
-    if not DEBIAN_PACKAGE.fullmatch(text):
-        raise ValueError("is not a Debian package name")
-    return text
-
-
-def _sha256_pin(value: Any) -> str:
-    text = _string(value)
-    if text.startswith("sha256:"):
-        text = text[len("sha256:") :]
-    if not _SHA256.fullmatch(text):
-        raise ValueError("is not a sha256 digest (64 hex digits)")
-    return text
