@@ -387,7 +387,7 @@ def test_a_hook_that_fails_names_plugin_hook_and_vm(
         seed_files(plan, vm, plugins)
         plugins.disk_operations(plan, vm, debian_facts())
         plugins.domain_xml(plan, vm, ET.Element("domain"))
-    message = caught.value.message
+    message = caught.value.lines()[0]
     assert message.startswith(f'vm "node1": plugin "bad.py" failed in {name}: '), message
     assert expected in message
     assert caught.value.plugin == "bad.py" and caught.value.hook == name

@@ -1,21 +1,37 @@
 """The hooks a vmbuild plugin can implement, one per stage of a build.
 
 Every hook is prefixed ``vmbuild_``. Hooks *return data* that vmbuild combines; only
-``vmbuild_domain_xml`` changes an object in place. Plugins are called in a fixed
+``vmbuild_domain_xml`` changes an object in place. Plugins are registered in a fixed
 order: the built-in plugins first, then installed ones (entry-point group
-``vmbuild``), then the lab's own in the order the profile lists them. So a lab
-plugin sees, extends and may override what a built-in produced.
+``vmbuild``, by entry-point name), then the lab's own in the order the profile lists
+them.
 
-How results combine:
+*Call order* is pluggy's: the implementation registered last is called first (so
+the lab's last plugin first and the built-ins last); ``@hookimpl(tryfirst=True)``
+moves an implementation ahead of every one that is not tryfirst, and
+``trylast=True`` behind every one that is not trylast. Several tryfirst ones are
+called the last registered first; several trylast ones the first registered first,
+so the trylast one registered last is called last of all.
+
+*Precedence*: results are combined in call order reversed, each laid over the ones
+before it, so the implementation called first has the last word. Without tryfirst
+or trylast that is registration order: a lab plugin extends and overrides an
+installed one, which extends and overrides a built-in. A tryfirst result overrides
+every other; a trylast one is overridden by every other (a default).
+
+How results combine, in that order:
 
 - *deep-merged*: nested mappings merge key by key, lists are concatenated, and any
-  other value from a later plugin replaces the earlier one;
-- *concatenated*: lists are joined in plugin order;
-- *called in turn*: every plugin's implementation runs, in plugin order.
+  other value from a later result replaces the earlier one;
+- *concatenated*: lists are joined, the result of the implementation called last
+  first;
+- *called in turn*: every implementation runs, in call order; the one called last
+  (a trylast one, else a built-in) sees what the others did.
 
-No hook is ``firstresult`` and vmbuild does not support hook wrappers: it calls each
-implementation itself, so that an exception names the plugin, the hook and the VM.
-A plugin may accept any subset of a hook's arguments, by name.
+No hook is ``firstresult``, and hook wrappers (``hookwrapper=True``,
+``wrapper=True``) are refused when the plugin is loaded: vmbuild calls each
+implementation itself, with its own timeout, so that an exception names the plugin,
+the hook and the VM. A plugin may accept any subset of a hook's arguments, by name.
 
 Hooks must be deterministic: the same profile and golden image must give the same
 results, or rebuilds are no longer byte-identical.
@@ -52,7 +68,7 @@ def vmbuild_check_profile(profile: Profile) -> Iterable[Problem] | None:
 
     :param profile: the loaded profile (``vmbuild.model.profile.Profile``).
     :return: problems as ``vmbuild.errors.Problem(place, message, hint)``, or None.
-        All plugins' problems are collected and reported together, each on its own
+        All plugins' problems are concatenated and reported together, each on its own
         line with its place, exactly like vmbuild's own checks (exit status 2).
     """
 
@@ -66,9 +82,9 @@ def vmbuild_plan_vm(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
 
     :param lab: the whole lab's plan, before any annotation.
     :param vm: the VM being planned.
-    :return: a JSON-able mapping, or None. All results are deep-merged in plugin
-        order into ``vm.extra``, which later hooks read, ``plan.json`` records, and
-        which counts as an input of the VM's disk (a change rebuilds it).
+    :return: a JSON-able mapping, or None. All results are deep-merged into
+        ``vm.extra``, which later hooks read, ``plan.json`` records, and which counts
+        as an input of the VM's disk (a change rebuilds it).
     """
 
 
@@ -76,15 +92,21 @@ def vmbuild_plan_vm(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
 def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation] | None:
     """Edits to make inside a VM's disk, as ``vmbuild.guest.diskops.Operation`` objects.
 
-    Fires once per VM, after the golden image was inspected and before the VM's disk
-    is opened; the operations are listed by ``vmbuild plan --inspect``.
+    Fires once per VM on every build, for every VM of the lab: right after the
+    golden image was inspected, before any disk is edited, or, when no disk needs
+    writing, with the facts the previous build recorded. The same operations go to
+    the appliance, which applies them to the disks that are written, and into
+    ``plan.json`` (which is how a rebuild notices that they changed). ``vmbuild plan
+    --inspect`` calls it too, to list them.
 
     :param lab: the whole lab's plan.
     :param vm: the VM whose disk this is.
     :param guest: what inspection found in the golden image: distro, version,
         network stack (``guest.network``), init system, cloud-init.
-    :return: a list of operations, or None. All lists are concatenated in plugin
-        order, then ordered by phase (clean-up first, passwords last) and applied.
+    :return: a list of operations, or None. All lists are concatenated, then
+        ordered by phase (clean-up first, passwords last), stably, and applied in
+        that order: within a phase, the operations of the implementation called
+        first run last.
     """
 
 
@@ -96,7 +118,7 @@ def vmbuild_user_data(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
 
     :param lab: the whole lab's plan.
     :param vm: the VM whose seed is being written.
-    :return: a mapping, or None. All results are deep-merged in plugin order.
+    :return: a mapping, or None. All results are deep-merged.
     """
 
 
@@ -108,7 +130,7 @@ def vmbuild_network_config(lab: Plan, vm: VmPlan) -> Mapping[str, Any] | None:
 
     :param lab: the whole lab's plan.
     :param vm: the VM whose seed is being written.
-    :return: a mapping, or None. All results are deep-merged in plugin order.
+    :return: a mapping, or None. All results are deep-merged.
     """
 
 
@@ -124,9 +146,9 @@ def vmbuild_seed_files(lab: Plan, vm: VmPlan) -> Mapping[str, bytes | str] | Non
     :param vm: the VM whose seed is being written.
     :return: file name -> contents (str is written as UTF-8), or None. Names are
         plain file names at the ISO's root: letters, digits, ``.``, ``_`` and ``-``,
-        at most 30 characters. All results are merged in plugin order; a later
-        plugin's file replaces an earlier one of the same name. The three NoCloud
-        files themselves come only from their own hooks.
+        at most 30 characters. All results are merged; a file of the same name from
+        a later result (see precedence above) replaces an earlier one. The three
+        NoCloud files themselves come only from their own hooks.
     """
 
 
@@ -139,8 +161,9 @@ def vmbuild_domain_xml(lab: Plan, vm: VmPlan, domain: Element) -> None:
     :param lab: the whole lab's plan.
     :param vm: the VM whose domain this is.
     :param domain: the ``<domain>`` element; change it in place.
-    :return: nothing. Every plugin is called in turn, in plugin order; vmbuild then
-        checks the result (name, MACs, VNC port) as for its own XML.
+    :return: nothing. Every implementation is called in turn, in call order, on the
+        same element; vmbuild then checks the result (name, MACs, VNC port) as for
+        its own XML.
     """
 
 
@@ -159,8 +182,9 @@ def vmbuild_bundle_files(
     :param host_keys: VM name -> key type -> public key line of the SSH host keys
         in that VM's disk.
     :return: path relative to the bundle -> contents (str is written as UTF-8), or
-        None. All results are merged in plugin order; a later plugin's file replaces
-        an earlier one of the same path. Paths may not leave the bundle nor replace
+        None. All results are merged; a file of the same path from a later result
+        (see precedence above) replaces an earlier one. Paths may not leave the
+        bundle nor replace
         vmbuild's own files (``manifest.json``, ``SHA256SUMS``, ``plan.json``,
         ``define.sh``, ``vms/``). Every file is listed in ``SHA256SUMS``.
     """
@@ -176,6 +200,6 @@ def vmbuild_build_finished(lab: Plan, bundle: Path, manifest: Mapping[str, Any])
     :param lab: the whole lab's plan.
     :param bundle: the bundle's folder.
     :param manifest: the bundle's ``manifest.json``, as data.
-    :return: nothing. Every plugin is called in turn, in plugin order. An exception
-        here is reported, but the bundle stays published.
+    :return: nothing. Every implementation is called in turn, in call order. An
+        exception here is reported, but the bundle stays published.
     """

@@ -1,8 +1,11 @@
 """Load the plugins and call their hooks: built-ins, then entry points, then the lab's.
 
 A plugin is a module (or any object) with functions named after the hooks in
-``vmbuild.plugins.hookspecs``. vmbuild calls each plugin's implementation itself, in plugin
-order, so that an exception or a wrong result names the plugin, the hook and the VM.
+``vmbuild.plugins.hookspecs``. vmbuild calls each implementation itself, in pluggy's
+call order (last registered first; ``tryfirst`` ahead, ``trylast`` behind), so that
+an exception, an overrun or a wrong result names the plugin, the hook and the VM.
+Results are combined in the reverse of that order: the implementation called first
+has the last word. Hook wrappers are refused when a plugin is registered.
 """
 
 from __future__ import annotations
@@ -96,9 +99,8 @@ class PluginError(BuildError):
         message: str,
         hint: str = "",
     ) -> None:
-        prefix = f"{where}: " if where else ""
-        message = f'{prefix}plugin "{plugin}" failed in {hook}: {message}'
-        super().__init__(message, hint=hint or self.HINT)
+        message = f'plugin "{plugin}" failed in {hook}: {message}'
+        super().__init__(message, place=where, hint=hint or self.HINT)
         self.plugin = plugin
         self.hook = hook
 
@@ -124,7 +126,8 @@ HOOK_NAMES = tuple(
 
 
 class Plugins:
-    """The loaded plugins, and one typed method per hook that calls them in order."""
+    """The loaded plugins, and one typed method per hook that calls them in pluggy's
+    order and combines their results in the reverse order."""
 
     def __init__(self, manager: pluggy.PluginManager, infos: Sequence[PluginInfo]) -> None:
         self.manager = manager
@@ -141,14 +144,30 @@ class Plugins:
 
     # ------------------------------------------------------------------ calling
 
+    def call_order(self, hook: str) -> list[pluggy.HookImpl]:
+        """A hook's implementations in the order pluggy calls them.
+
+        pluggy keeps them as [trylast..., others..., tryfirst...], a new trylast one
+        going to the very front and any other to the back of its group, and calls
+        that list from its end: the tryfirst ones and then the others, each the last
+        registered first; then the trylast ones, the first registered first. (There
+        are no wrappers: ``_register`` refuses them.)
+        """
+        return list(reversed(getattr(self.manager.hook, hook).get_hookimpls()))
+
     def _call(self, hook: str, where: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Each plugin's result, in plugin order, with the plugin's name."""
+        """Each implementation's result, with its plugin's name, in call order.
+
+        Arguments are passed as pluggy passes them: every argument without a default,
+        and those with a default that the hook provides (the others keep theirs).
+        """
         results = []
-        for impl in getattr(self.manager.hook, hook).get_hookimpls():
-            args = {name: kwargs[name] for name in (*impl.argnames, *impl.kwargnames)}
+        for impl in self.call_order(hook):
+            args = [kwargs[name] for name in impl.argnames]
+            optional = {name: kwargs[name] for name in impl.kwargnames if name in kwargs}
             try:
                 with deadline(PLUGIN_TIMEOUT):
-                    result = impl.function(**args)
+                    result = impl.function(*args, **optional)
             except Overran as err:
                 raise PluginError(
                     impl.plugin_name,
@@ -169,11 +188,21 @@ class Plugins:
             results.append((impl.plugin_name, result))
         return results
 
+    def _results(self, hook: str, where: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Every result in the order they combine: call order reversed.
+
+        Each result is laid over the ones before it, so the implementation called
+        first (a tryfirst one, else the last registered) has the last word, and
+        without tryfirst/trylast this is registration order: built-ins, installed
+        plugins, then the lab's own, which override them.
+        """
+        return self._call(hook, where, **kwargs)[::-1]
+
     def _mappings(
         self, hook: str, where: str, **kwargs: Any
     ) -> list[tuple[str, Mapping[str, Any]]]:
         out = []
-        for plugin, result in self._call(hook, where, **kwargs):
+        for plugin, result in self._results(hook, where, **kwargs):
             if result is None:
                 continue
             if not isinstance(result, Mapping):
@@ -212,7 +241,7 @@ class Plugins:
 
     def check_profile(self, profile: Profile) -> list[Problem]:
         problems: list[Problem] = []
-        for plugin, result in self._call("vmbuild_check_profile", "", profile=profile):
+        for plugin, result in self._results("vmbuild_check_profile", "", profile=profile):
             for problem in result or ():
                 if not isinstance(problem, Problem):
                     raise PluginError(
@@ -239,7 +268,7 @@ class Plugins:
     def disk_operations(self, lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation]:
         hook = "vmbuild_disk_operations"
         operations: list[Operation] = []
-        for plugin, result in self._call(hook, vm.place, lab=lab, vm=vm, guest=guest):
+        for plugin, result in self._results(hook, vm.place, lab=lab, vm=vm, guest=guest):
             for operation in result or ():
                 if not isinstance(operation, Operation):
                     raise PluginError(
@@ -328,12 +357,12 @@ def _is_path(spec: str) -> bool:
 
 def _load_file(path: Path, where: str) -> types.ModuleType:
     if not path.is_file():
-        raise UserError(f"{where}: no such file {path}")
+        raise UserError(f"no such file {path}", place=where)
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module_name = f"vmbuild_lab_plugin_{digest}_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise UserError(f"{where}: {path} cannot be loaded as a Python module")
+        raise UserError(f"{path} cannot be loaded as a Python module", place=where)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
@@ -341,7 +370,8 @@ def _load_file(path: Path, where: str) -> types.ModuleType:
     except Exception as err:
         sys.modules.pop(module_name, None)
         raise UserError(
-            f"{where}: {path} failed to load: {_describe(err)}",
+            f"{path} failed to load: {_describe(err)}",
+            place=where,
             hint="run with -v for the traceback",
         ) from err
     return module
@@ -352,7 +382,8 @@ def _import(module: str, where: str) -> types.ModuleType:
         return importlib.import_module(module)
     except Exception as err:
         raise UserError(
-            f"{where}: cannot import {module}: {_describe(err)}",
+            f"cannot import {module}: {_describe(err)}",
+            place=where,
             hint="run with -v for the traceback",
         ) from err
 
@@ -369,27 +400,53 @@ def _register(manager: pluggy.PluginManager, plugin: Any, name: str, where: str)
         manager.register(plugin, name=name)
     except pluggy.PluginValidationError as err:
         first = str(err).splitlines()[-1]
-        raise UserError(f"{where}: {first}") from None
+        raise UserError(first, place=where) from None
     except ValueError:
-        raise UserError(f"{where}: a plugin named {name!r} is already loaded") from None
+        raise UserError(f"a plugin named {name!r} is already loaded", place=where) from None
     hooks = []
     for caller in manager.get_hookcallers(plugin) or ():
         if not caller.has_spec():
             manager.unregister(plugin)
             close = difflib.get_close_matches(caller.name, HOOK_NAMES, n=1)
             raise UserError(
-                f"{where}: {caller.name} is not a vmbuild hook",
+                f"{caller.name} is not a vmbuild hook",
+                place=where,
                 hint=f"did you mean {close[0]}?" if close else "see docs/plugins.md",
             )
         for impl in caller.get_hookimpls():
-            if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+            if impl.plugin is not plugin:
+                continue
+            problem = _unsupported(impl)
+            if problem:
                 manager.unregister(plugin)
-                raise UserError(
-                    f"{where}: {caller.name} is a hook wrapper; vmbuild calls every "
-                    "plugin in turn and supports no wrappers"
-                )
+                raise UserError(f"{caller.name} {problem}", place=where, hint=_ORDER_HINT)
         hooks.append(caller.name)
     return tuple(sorted(hooks, key=HOOK_NAMES.index))
+
+
+_ORDER_HINT = (
+    "use @hookimpl(tryfirst=True) or @hookimpl(trylast=True) to be called before or "
+    "after the other plugins; docs/plugins.md explains the call order"
+)
+
+
+def _unsupported(impl: pluggy.HookImpl) -> str:
+    """Why vmbuild cannot honour an implementation's options, or ''.
+
+    A wrapper runs around every other implementation of its hook and may replace
+    their results or swallow their exceptions; vmbuild calls each implementation on
+    its own, so that a failure or an overrun is reported against that one plugin.
+    """
+    if impl.hookwrapper or impl.wrapper:
+        kind = "hookwrapper" if impl.hookwrapper else "wrapper"
+        return (
+            f"is a hook wrapper ({kind}=True); vmbuild calls each plugin's "
+            "implementation on its own, with its own timeout and error report, and "
+            "runs no wrappers around them"
+        )
+    if impl.tryfirst and impl.trylast:
+        return "is marked both tryfirst and trylast; choose one"
+    return ""
 
 
 class _Loader:
@@ -430,7 +487,7 @@ class _Loader:
             plugin = entry.load()
         except Exception as err:
             raise UserError(
-                f"{where}: cannot load: {_describe(err)}", hint="run with -v for the traceback"
+                f"cannot load: {_describe(err)}", place=where, hint="run with -v for the traceback"
             ) from err
         self._add(plugin, entry.name, "entry point", origin, where, None)
 
@@ -439,7 +496,7 @@ class _Loader:
         path = (profile.folder / spec).resolve()
         for info in self.infos:
             if info.source == "file" and info.origin == str(path):
-                raise UserError(f'{where}: the same file as "{info.name}"')
+                raise UserError(f'the same file as "{info.name}"', place=where)
         if not self._skip(spec, "file", str(path)):
             module = _load_file(path, where)
             self._add(module, spec, "file", str(path), where, file_digest(path))
