@@ -264,7 +264,7 @@ def plan_command(
     plan = make_plan(loaded, plugins)
     if inspect:
         from vmbuild.build.base import inspect_base
-        from vmbuild.build.customize import inspect_only, with_operations
+        from vmbuild.build.customize import inspect_only, plan_operations
 
         golden_base = inspect_base(plan, loaded.path)
         if not golden_base.built:
@@ -273,7 +273,7 @@ def plan_command(
                 hint="`vmbuild build` or `vmbuild golden` builds it",
             )
         facts = inspect_only(golden_base)
-        plan = with_operations(plan, facts, plugins)
+        plan = plan_operations(plan, facts, plugins).plan
     if as_json:
         sys.stdout.write(plan.to_json())
     else:
@@ -288,7 +288,11 @@ def plugins_command(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """List the plugins a build of this lab loads, in the order they are called.
+    """List the plugins a build of this lab loads, in the order they are registered.
+
+    pluggy calls them the other way round, the last registered (the lab's own)
+    first, and combines their results so that the last registered wins; see
+    docs/plugins.md, "Call order and precedence".
 
     For each: its name, where it comes from (builtin, entry point and its
     distribution, file, module) and the hooks it implements. Plugins named in
@@ -337,7 +341,8 @@ def golden(
     for the same recipe returns the cached image at once. Needs root (debootstrap).
     Prints the image's path; a profile uses it with `debian = "bookworm"` under [base].
     """
-    from vmbuild.golden.builder import GoldenRecipe, build_golden
+    from vmbuild.golden.builder import build_golden
+    from vmbuild.golden.recipe import GoldenRecipe
     from vmbuild.model.profile import parse_size
 
     try:

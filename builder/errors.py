@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class ExitCode(enum.IntEnum):
@@ -77,6 +78,16 @@ class BuildError(VmbuildError):
     """The input was valid, but a build step failed."""
 
     exit_code = ExitCode.BUILD
+
+
+class ImageLockedError(BuildError):
+    """A disk image is locked: a running VM (or another program) has it open."""
+
+    def __init__(
+        self, message: str, *, path: Path | None = None, place: str = "", hint: str = ""
+    ) -> None:
+        super().__init__(message, place=place, hint=hint)
+        self.path = path
 
 
 class LabBusyError(VmbuildError):

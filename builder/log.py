@@ -6,6 +6,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 _state = {"verbosity": 1}
 
@@ -33,10 +34,20 @@ def warn(message: str) -> None:
     print(f"vmbuild: warning: {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Timing:
+    """How long a step took: known once the step is done."""
+
+    seconds: float = 0.0
+
+
 @contextlib.contextmanager
-def step(title: str) -> Iterator[None]:
-    """Log a step's start and, when it succeeds, how long it took."""
+def step(title: str) -> Iterator[Timing]:
+    """Log a step's start and, when it succeeds, how long it took; ``with step(...)
+    as took`` keeps that time in ``took.seconds``."""
     info(f"‣ {title}")
+    timing = Timing()
     start = time.monotonic()
-    yield
-    info(f"  done in {time.monotonic() - start:.2f}s")
+    yield timing
+    timing.seconds = time.monotonic() - start
+    info(f"  done in {timing.seconds:.2f}s")

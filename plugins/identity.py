@@ -6,6 +6,8 @@ A built-in plugin, written only against vmbuild's public hooks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vmbuild.guest.diskops import (
     AuthorizedKeys,
     EnsureUser,
@@ -15,6 +17,7 @@ from vmbuild.guest.diskops import (
     PasswordHash,
     RemovePaths,
     WriteFile,
+    listed,
 )
 from vmbuild.host.hostkeys import KEY_TYPES
 from vmbuild.model.facts import GuestFacts
@@ -38,52 +41,42 @@ LEFTOVERS = (
 )
 
 
+@dataclass(frozen=True)
+class Hostname(WriteFile):
+    """/etc/hostname, holding this VM's name: the summary says which."""
+
+    path: str = "/etc/hostname"
+
+    def describe(self) -> str:
+        return f"Setting the hostname: {self.content.strip()}"
+
+
+@dataclass(frozen=True)
+class Leftovers(RemovePaths):
+    """What the golden VM left behind (``LEFTOVERS``): the summary says whose."""
+
+    patterns: tuple[str, ...] = LEFTOVERS
+
+    def describe(self) -> str:
+        return f"Removing the golden image's leftovers: {listed(self.patterns)}"
+
+
 @hookimpl
 def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation]:
     ops: list[Operation] = [
-        RemovePaths(
-            "Removing the golden image's leftovers: udev net rules, DHCP leases, "
-            "cloud-init state, random seed",
-            patterns=LEFTOVERS,
-        ),
-        WriteFile(
-            f"Setting the hostname: {vm.hostname}", path="/etc/hostname", content=vm.hostname + "\n"
-        ),
-        WriteFile(
-            f"Writing /etc/hosts with the lab's {len(lab.vms)} hosts",
-            path="/etc/hosts",
-            content=hosts_file(lab),
-        ),
-        MachineId(f"Setting the machine-id: {vm.machine_id}", value=vm.machine_id),
-        HostKeys(f"Installing new SSH host keys: {', '.join(KEY_TYPES)}", types=KEY_TYPES),
+        Leftovers(),
+        Hostname(content=vm.hostname + "\n"),
+        WriteFile(path="/etc/hosts", content=hosts_file(lab), hosts_only=True),
+        MachineId(value=vm.machine_id),
+        HostKeys(types=KEY_TYPES),
     ]
     if vm.user is not None:
-        user = vm.user
-        ops.append(
-            EnsureUser(
-                f"Adding the user {user.name}" + (" with sudo" if user.sudo else ""),
-                user=user.name,
-                sudo=user.sudo,
-            )
-        )
+        ops.append(EnsureUser(user=vm.user.name, sudo=vm.user.sudo))
     for account in (vm.root, vm.user):
         if account is None:
             continue
         if account.ssh_authorized_keys:
-            count = len(account.ssh_authorized_keys)
-            ops.append(
-                AuthorizedKeys(
-                    f"Setting {count} authorized SSH keys for {account.name}",
-                    user=account.name,
-                    keys=account.ssh_authorized_keys,
-                )
-            )
+            ops.append(AuthorizedKeys(user=account.name, keys=account.ssh_authorized_keys))
         if account.password_hash:
-            ops.append(
-                PasswordHash(
-                    f"Setting the password of {account.name}",
-                    user=account.name,
-                    password_hash=account.password_hash,
-                )
-            )
+            ops.append(PasswordHash(user=account.name, password_hash=account.password_hash))
     return ops

@@ -30,10 +30,21 @@ def _header(vm: VmPlan, comment: str = "#") -> str:
 
 def _link(vm: VmPlan) -> WriteFile:
     return WriteFile(
-        f"Naming the NIC with MAC {vm.mac} {IFACE}",
         path=f"/etc/systemd/network/10-vmbuild-{IFACE}.link",
         content=f"{_header(vm)}[Match]\nMACAddress={vm.mac}\n\n[Link]\nName={IFACE}\n",
     )
+
+
+def _configure(
+    vm: VmPlan, replaces: tuple[str, ...], path: str, lines: list[str], mode: int = 0o644
+) -> list[Operation]:
+    """Name the NIC by its MAC, remove the golden image's own configuration
+    (``replaces``) and write ours to ``path``."""
+    return [
+        _link(vm),
+        RemovePaths(patterns=replaces),
+        WriteFile(path=path, content=_header(vm) + "\n".join(lines) + "\n", mode=mode),
+    ]
 
 
 def _netmask(vm: VmPlan) -> str:
@@ -49,7 +60,6 @@ def _resolv_conf(lab: Plan, vm: VmPlan) -> list[Operation]:
         lines.append("search " + " ".join(net.search))
     return [
         WriteFile(
-            "Writing /etc/resolv.conf",
             path="/etc/resolv.conf",
             content=_header(vm) + "\n".join(lines) + "\n",
             skip_if_link=True,
@@ -66,22 +76,13 @@ def _ifupdown(lab: Plan, vm: VmPlan) -> list[Operation]:
         stanza.append(f"    dns-nameservers {' '.join(net.dns)}")
     if net.search:
         stanza.append(f"    dns-search {' '.join(net.search)}")
-    text = (
-        _header(vm)
-        + "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n"
-        + "\n".join(stanza)
-        + "\n"
-    )
+    lines = ["source /etc/network/interfaces.d/*", "", "auto lo", "iface lo inet loopback", ""]
     return [
-        _link(vm),
-        RemovePaths(
-            "Removing interfaces files rendered for the golden VM",
-            patterns=("/etc/network/interfaces.d/50-cloud-init*",),
-        ),
-        WriteFile(
-            f"Writing /etc/network/interfaces: {vm.ip}/{vm.prefix} on {IFACE}",
-            path="/etc/network/interfaces",
-            content=text,
+        *_configure(
+            vm,
+            ("/etc/network/interfaces.d/50-cloud-init*",),
+            "/etc/network/interfaces",
+            lines + stanza,
         ),
         *_resolv_conf(lab, vm),
     ]
@@ -92,11 +93,9 @@ def _netplan(lab: Plan, vm: VmPlan) -> list[Operation]:
     text = _header(vm) + dump_yaml({"network": {"version": 2, "ethernets": {IFACE: ethernet}}})
     return [
         RemovePaths(
-            "Removing netplan files written for the golden VM",
             patterns=("/etc/netplan/*.yaml", "/etc/netplan/*.yml"),
         ),
         WriteFile(
-            f"Writing /etc/netplan/50-vmbuild.yaml: {vm.ip}/{vm.prefix}",
             path="/etc/netplan/50-vmbuild.yaml",
             content=text,
             mode=0o600,
@@ -127,22 +126,13 @@ def _networkmanager(lab: Plan, vm: VmPlan) -> list[Operation]:
     if net.search:
         lines.append("dns-search=" + ";".join(net.search) + ";")
     lines += ["", "[ipv6]", "method=ignore"]
-    return [
-        _link(vm),
-        RemovePaths(
-            "Removing NetworkManager connections of the golden VM",
-            patterns=(
-                "/etc/NetworkManager/system-connections/*",
-                "/etc/sysconfig/network-scripts/ifcfg-e*",
-            ),
-        ),
-        WriteFile(
-            f"Writing a NetworkManager keyfile: {vm.ip}/{vm.prefix} on MAC {vm.mac}",
-            path=f"/etc/NetworkManager/system-connections/{IFACE}.nmconnection",
-            content=_header(vm) + "\n".join(lines) + "\n",
-            mode=0o600,
-        ),
-    ]
+    return _configure(
+        vm,
+        ("/etc/NetworkManager/system-connections/*", "/etc/sysconfig/network-scripts/ifcfg-e*"),
+        f"/etc/NetworkManager/system-connections/{IFACE}.nmconnection",
+        lines,
+        mode=0o600,
+    )
 
 
 def _networkd(lab: Plan, vm: VmPlan) -> list[Operation]:
@@ -153,18 +143,12 @@ def _networkd(lab: Plan, vm: VmPlan) -> list[Operation]:
     lines += [f"DNS={server}" for server in net.dns]
     if net.search:
         lines.append("Domains=" + " ".join(net.search))
-    return [
-        _link(vm),
-        RemovePaths(
-            "Removing systemd-networkd files written for the golden VM",
-            patterns=("/etc/systemd/network/*.network",),
-        ),
-        WriteFile(
-            f"Writing a systemd-networkd file: {vm.ip}/{vm.prefix} on MAC {vm.mac}",
-            path=f"/etc/systemd/network/10-vmbuild-{IFACE}.network",
-            content=_header(vm) + "\n".join(lines) + "\n",
-        ),
-    ]
+    return _configure(
+        vm,
+        ("/etc/systemd/network/*.network",),
+        f"/etc/systemd/network/10-vmbuild-{IFACE}.network",
+        lines,
+    )
 
 
 def _ifcfg(lab: Plan, vm: VmPlan) -> list[Operation]:
@@ -187,15 +171,11 @@ def _ifcfg(lab: Plan, vm: VmPlan) -> list[Operation]:
         lines.append(f'DOMAIN="{" ".join(net.search)}"')
     lines += ["DEFROUTE=yes", "IPV6INIT=no"]
     return [
-        _link(vm),
-        RemovePaths(
-            "Removing ifcfg files of the golden VM",
-            patterns=("/etc/sysconfig/network-scripts/ifcfg-e*",),
-        ),
-        WriteFile(
-            f"Writing ifcfg-{IFACE}: {vm.ip}/{vm.prefix} on MAC {vm.mac}",
-            path=f"/etc/sysconfig/network-scripts/ifcfg-{IFACE}",
-            content=_header(vm) + "\n".join(lines) + "\n",
+        *_configure(
+            vm,
+            ("/etc/sysconfig/network-scripts/ifcfg-e*",),
+            f"/etc/sysconfig/network-scripts/ifcfg-{IFACE}",
+            lines,
         ),
         *_resolv_conf(lab, vm),
     ]
@@ -221,7 +201,6 @@ def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Op
         # seed's network-config a second time, under its own interface names.
         ops.append(
             WriteFile(
-                "Telling cloud-init the network is already configured",
                 path="/etc/cloud/cloud.cfg.d/99-vmbuild-network.cfg",
                 content="# Written by vmbuild: the network is configured natively.\n"
                 "network:\n  config: disabled\n",

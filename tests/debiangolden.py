@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from vmbuild.golden import builder as golden
-from vmbuild.golden.builder import GoldenRecipe, build_golden
+from vmbuild.golden.builder import build_golden
+from vmbuild.golden.recipe import GoldenRecipe
 
 
 @dataclass(frozen=True)

@@ -83,23 +83,22 @@ def _fallback_between_renames(signum: int) -> None:
 
 
 def _install(point: str, signum: int) -> None:
-    from vmbuild.build import customize
-    from vmbuild.build import pipeline as build
+    from vmbuild.build import customize, stages
     from vmbuild.output import bundle
     from vmbuild.plugins import manager as plugins
 
     # Each function is wrapped where its caller looks it up.
 
     points: dict[str, Callable[[], None]] = {
-        "base": lambda: _after(build, "inspect_base", signum),
-        "disks": lambda: _after(build, "_make_disk", signum),
+        "base": lambda: _after(stages, "inspect_base", signum),
+        "disks": lambda: _after(stages, "_make_disk", signum),
         "launch": lambda: _during_launch(signum),
         "operations": lambda: _before(customize, "run_operations", signum),
-        "seeds": lambda: _before(build, "_place", signum),
+        "seeds": lambda: _before(stages, "_place", signum),
         "lab-files": lambda: _before(
-            build, "_lab_files", signum, when=lambda kwargs: kwargs.get("stage") is not None
+            stages, "lab_files", signum, when=lambda kwargs: kwargs.get("stage") is not None
         ),
-        "publish": lambda: _before(build, "publish", signum),
+        "publish": lambda: _before(stages, "publish", signum),
         "exchange": lambda: _after(bundle, "_renameat2_exchange", signum),
         "fallback": lambda: _fallback_between_renames(signum),
         "finished": lambda: _before(plugins.Plugins, "build_finished", signum),

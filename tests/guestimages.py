@@ -34,7 +34,7 @@ import posixpath
 import struct
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -928,3 +928,65 @@ def make_images(specs: Mapping[Path, ImageSpec]) -> None:
         h.shutdown()
     finally:
         h.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Reading built disks back
+
+
+@dataclass(frozen=True)
+class GuestEntry:
+    """What one path of a guest holds, never following a link."""
+
+    kind: str  # "file", "folder", "symbolic link", "FIFO", ...
+    #: A regular file's contents and permission bits.
+    data: bytes | None = None
+    mode: int | None = None
+
+
+def guest_entries(
+    disks: Mapping[str, Path], paths: Iterable[str] = (), *, trees: Iterable[str] = ()
+) -> dict[str, dict[str, GuestEntry | None]]:
+    """What each disk (name -> qcow2 image) holds at ``paths`` and at every path under
+    the folders ``trees``: None where nothing is (or a folder above it is missing or a
+    link). Every disk is opened read-only in ONE appliance, its first partition mounted
+    at /, and read through vmbuild's GuestFiles, which never follows a link."""
+    from vmbuild.guest.appliance import Appliance
+    from vmbuild.guest.files import GuestFiles
+
+    named = list(dict.fromkeys(paths))
+    folders = list(trees)
+    seen: dict[str, dict[str, GuestEntry | None]] = {}
+    with Appliance() as app:
+        drives = {name: app.add(disk, "qcow2", readonly=True) for name, disk in disks.items()}
+        app.launch()
+        for name, index in drives.items():
+            app.call(f"mounting {name}", app.handle.mount_ro, app.device(index) + "1", "/")
+            guest = GuestFiles(app)  # it remembers what one mounted disk holds
+            wanted = list(named)
+            for folder in folders:
+                found = app.call(f"listing {folder}", app.handle.find, folder)
+                wanted += [posixpath.join(folder, name.lstrip("/")) for name in found]
+            entries: dict[str, GuestEntry | None] = {}
+            for path in dict.fromkeys(wanted):
+                kind = guest.kind(path)
+                if kind == "file":
+                    mode_owner = guest.mode_owner(path)
+                    mode = mode_owner[0] if mode_owner else None
+                    entries[path] = GuestEntry(kind, guest.read(path), mode)
+                else:
+                    entries[path] = None if kind is None else GuestEntry(kind)
+            app.call(f"unmounting {name}", app.handle.umount_all)
+            seen[name] = entries
+    return seen
+
+
+def read_guest_files(
+    disks: Mapping[str, Path], paths: Iterable[str]
+) -> dict[str, dict[str, bytes | None]]:
+    """The regular files at ``paths`` on each disk (name -> qcow2 image), None where
+    there is none, all read in one read-only appliance (see guest_entries)."""
+    return {
+        name: {path: entry.data if entry else None for path, entry in entries.items()}
+        for name, entries in guest_entries(disks, paths).items()
+    }

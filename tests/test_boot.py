@@ -30,10 +30,17 @@ from typing import Any
 
 import pytest
 from debiangolden import Built
+from guestimages import read_guest_files
 from libvirthelp import URI, define, virsh
 from vmbuild.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.libvirt, pytest.mark.guestfs]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.libvirt,
+    pytest.mark.guestfs,
+    pytest.mark.boot,
+    pytest.mark.golden_image,
+]
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "profiles" / "demo.toml"
@@ -205,16 +212,8 @@ def _known_hosts_fingerprints(bundle: Path, host: str) -> set[str]:
 
 
 def _golden_machine_id(image: Path) -> str:
-    import guestfs  # type: ignore[import-not-found]
-
-    g = guestfs.GuestFS(python_return_dict=True)
-    g.add_drive_opts(str(image), format="qcow2", readonly=True)
-    g.launch()
-    try:
-        g.mount_ro("/dev/sda1", "/")
-        return str(g.cat("/etc/machine-id").strip())
-    finally:
-        g.close()
+    machine_id = read_guest_files({"golden": image}, ["/etc/machine-id"])["golden"]
+    return (machine_id["/etc/machine-id"] or b"").decode().strip()
 
 
 def test_each_guest_answers_with_its_own_identity(lab: Lab) -> None:

@@ -1,5 +1,8 @@
 """Whole builds on real qemu-img: the bundle, its checksums, and what a failed,
-interrupted or concurrent build leaves behind."""
+interrupted or concurrent build leaves behind.
+
+Builds that get as far as editing the disks start the appliance (``guestfs``); the
+refusals before it run on a blank image (the ``blank_golden`` fixture)."""
 
 from __future__ import annotations
 
@@ -17,70 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labs import make_image, nodes, write_lab
 from vmbuild.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 VMBUILD = [sys.executable, "-m", "vmbuild"]
-
-PROFILE = """
-[lab]
-name = "{name}"
-domain = "lab.example"
-
-[base]
-image = "{image}"
-{base_extra}
-
-[network]
-source = "br-test"
-subnet = "192.0.2.0/24"
-gateway = "192.0.2.1"
-dns = ["192.0.2.1"]
-
-[defaults]
-memory = "1G"
-{defaults_extra}
-
-[[vm]]
-name = "node{{n}}"
-count = {count}
-ip = "192.0.2.10"
-"""
-
-
-def make_image(path: Path, size: str = "1G", fmt: str = "qcow2", data_mib: int = 0) -> Path:
-    if data_mib:
-        raw = path.with_suffix(".raw")
-        with raw.open("wb") as handle:
-            for _ in range(data_mib):
-                handle.write(os.urandom(1 << 20))
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", fmt, raw, path], check=True)
-        raw.unlink()
-    else:
-        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, path, size], check=True)
-    return path
-
-
-def write_profile(
-    tmp: Path,
-    image: Path,
-    *,
-    name: str = "t",
-    count: int = 2,
-    base_extra: str = "",
-    defaults_extra: str = "",
-) -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        PROFILE.format(
-            name=name,
-            image=image,
-            count=count,
-            base_extra=base_extra,
-            defaults_extra=defaults_extra,
-        )
-    )
-    return path
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -95,10 +39,11 @@ def leftovers(output: Path) -> list[str]:
     return sorted(p.name for p in output.iterdir() if ".staging-" in p.name or ".old-" in p.name)
 
 
+@pytest.mark.guestfs
 def test_bundle_layout_checksums_and_disks(
     tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = write_profile(tmp_path, golden, defaults_extra='disk_size = "3G"')
+    profile = write_lab(tmp_path, golden, defaults={"disk_size": "3G"})
     out = tmp_path / "out"
     assert main([str(profile), "--output", str(out)]) == 0
     bundle = out / "t"
@@ -134,8 +79,9 @@ def test_bundle_layout_checksums_and_disks(
     assert leftovers(out) == []
 
 
+@pytest.mark.guestfs
 def test_rebuild_is_byte_identical(tmp_path: Path, golden: Path) -> None:
-    profile = write_profile(tmp_path, golden)
+    profile = write_lab(tmp_path, golden)
     assert main([str(profile), "-o", str(tmp_path / "a"), "-q"]) == 0
     first = digests(tmp_path / "a" / "t")
     assert main([str(profile), "-o", str(tmp_path / "a"), "-q"]) == 0
@@ -145,12 +91,13 @@ def test_rebuild_is_byte_identical(tmp_path: Path, golden: Path) -> None:
             assert first[name] == second[name], name
 
 
+@pytest.mark.guestfs
 def test_copy_modes_are_sparse_and_grown(tmp_path: Path, golden: Path) -> None:
-    profile = write_profile(
+    profile = write_lab(
         tmp_path,
         golden,
-        count=1,
-        defaults_extra='disk_mode = "copy"\ndisk_format = "raw"\ndisk_size = "2G"',
+        vms=[nodes(1)],
+        defaults={"disk_mode": "copy", "disk_format": "raw", "disk_size": "2G"},
     )
     assert main([str(profile), "-o", str(tmp_path / "out"), "-q"]) == 0
     disk = tmp_path / "out/t/vms/node1/disk.raw"
@@ -160,10 +107,11 @@ def test_copy_modes_are_sparse_and_grown(tmp_path: Path, golden: Path) -> None:
     assert 'type="raw"' in xml and str(disk) in xml
 
 
+@pytest.mark.guestfs
 def test_missing_golden_image_keeps_previous_bundle(
     tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = write_profile(tmp_path, golden)
+    profile = write_lab(tmp_path, golden)
     out = tmp_path / "out"
     assert main([str(profile), "-o", str(out), "-q"]) == 0
     before = digests(out / "t")
@@ -177,9 +125,9 @@ def test_missing_golden_image_keeps_previous_bundle(
 
 
 def test_sha256_pin_mismatch_is_refused(
-    tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, blank_golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = write_profile(tmp_path, golden, base_extra=f'sha256 = "{"0" * 64}"')
+    profile = write_lab(tmp_path, blank_golden, base={"sha256": "0" * 64})
     assert main([str(profile), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"not the pinned {'0' * 64}" in err
@@ -193,7 +141,7 @@ def test_truncated_golden_image_is_refused(
     size = golden.stat().st_size
     with golden.open("r+b") as handle:
         handle.truncate(size // 2)
-    profile = write_profile(tmp_path, golden)
+    profile = write_lab(tmp_path, golden)
     assert main([str(profile), "-o", str(tmp_path / "out")]) == 2
     assert "is damaged" in capsys.readouterr().err
 
@@ -216,10 +164,11 @@ def read_only(folder: Path) -> Iterator[None]:
         subprocess.run(["umount", folder], check=True)
 
 
+@pytest.mark.guestfs
 def test_read_only_output_keeps_previous_bundle(
     tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = write_profile(tmp_path, golden)
+    profile = write_lab(tmp_path, golden)
     out = tmp_path / "out"
     assert main([str(profile), "-o", str(out), "-q"]) == 0
     before = digests(out / "t")
@@ -249,12 +198,19 @@ def bulky_image(os_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return path
 
 
+@pytest.fixture(scope="module")
+def data_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 MiB of random data in a qcow2 with no filesystem: copying it takes a while
+    too, and a build refused before the appliance never looks inside it."""
+    return make_image(tmp_path_factory.mktemp("data") / "golden-data.qcow2", data_mib=48)
+
+
 def _slow_build(tmp_path: Path, bulky: Path, name: str = "slow") -> tuple[Path, Path]:
     """A lab whose disk step takes seconds: many full copies of a golden image with data."""
     golden = tmp_path / "golden-data.qcow2"
     shutil.copyfile(bulky, golden)
-    profile = write_profile(
-        tmp_path, golden, name=name, count=24, defaults_extra='disk_mode = "copy"'
+    profile = write_lab(
+        tmp_path, golden, name=name, vms=[nodes(24)], defaults={"disk_mode": "copy"}
     )
     return profile, tmp_path / "out"
 
@@ -280,6 +236,7 @@ def _wait_for_disk_step(proc: subprocess.Popen[str]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.guestfs
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_build_keeps_previous_bundle(
     tmp_path: Path, bulky_image: Path, signum: int
@@ -303,8 +260,8 @@ def test_interrupted_build_keeps_previous_bundle(
 
 
 @pytest.mark.slow
-def test_second_concurrent_build_is_refused(tmp_path: Path, bulky_image: Path) -> None:
-    profile, out = _slow_build(tmp_path, bulky_image, name="busy")
+def test_second_concurrent_build_is_refused(tmp_path: Path, data_image: Path) -> None:
+    profile, out = _slow_build(tmp_path, data_image, name="busy")
     proc = _start(profile, out)
     try:
         _wait_for_disk_step(proc)
@@ -327,9 +284,9 @@ def test_second_concurrent_build_is_refused(tmp_path: Path, bulky_image: Path) -
 
 
 def test_lock_held_elsewhere_is_reported(
-    tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, blank_golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = write_profile(tmp_path, golden)
+    profile = write_lab(tmp_path, blank_golden)
     out = tmp_path / "out"
     out.mkdir()
     with (out / ".t.lock").open("w") as handle:
@@ -342,9 +299,9 @@ def test_lock_held_elsewhere_is_reported(
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_bundle(
-    tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, blank_golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = write_profile(tmp_path, golden)
+    profile = write_lab(tmp_path, blank_golden)
     precious = tmp_path / "out" / "t"
     precious.mkdir(parents=True)
     (precious / "notes.txt").write_text("mine")
@@ -366,9 +323,9 @@ def test_symlink_at_an_output_path_is_replaced_not_followed(tmp_path: Path) -> N
 
 
 def test_qcow2_golden_declared_raw_is_refused(
-    tmp_path: Path, golden: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, blank_golden: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Read as raw, a qcow2 file would hand every VM its header as disk contents."""
-    profile = write_profile(tmp_path, golden, base_extra='format = "raw"')
+    profile = write_lab(tmp_path, blank_golden, base={"format": "raw"})
     assert main([str(profile), "-o", str(tmp_path / "out")]) == 2
     assert "is a qcow2 image but base.format is raw" in capsys.readouterr().err

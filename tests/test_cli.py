@@ -1,9 +1,13 @@
 """The vmbuild command, run in-process through vmbuild.cli.main: help, exit codes,
-what goes to stdout and stderr, and the golden-image checks that need a real image."""
+what goes to stdout and stderr, and the golden-image checks.
+
+Everything before the appliance runs on a blank image (``blank_golden``); the whole
+builds use the small real golden image and start the appliance (``guestfs``)."""
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from labs import USER, WEB_DB, write_lab
 from vmbuild import __version__
 from vmbuild.model.plan import Plan, make_plan
 from vmbuild.model.profile import load_profile
@@ -20,46 +25,26 @@ from vmbuild.model.profile import load_profile
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]
 
-WEB_DB = """
-[[vm]]
-name = "web"
-ip = "192.0.2.10"
-
-[[vm]]
-name = "db"
-ip = "192.0.2.20"
-memory = "1G"
-"""
-
-
-def write_profile(folder: Path, image: Path | str, vms: str = WEB_DB, base_extra: str = "") -> Path:
-    """A two-VM lab on QEMU user networking with documentation addresses."""
-    path = folder / "lab.toml"
-    path.write_text(
-        f"""\
-[lab]
-name = "lab"
-domain = "lab.example"
-domain_type = "kvm"
-
-[base]
-image = "{image}"
-{base_extra}
-[network]
-type = "user"
-subnet = "192.0.2.0/24"
-gateway = "192.0.2.1"
-
-[defaults]
-vcpus = 1
-memory = "512M"
-{vms}"""
-    )
-    return path
+#: The lab of these tests: "lab", web and db (192.0.2.10, .20), on QEMU user networking.
+write_profile = functools.partial(
+    write_lab,
+    name="lab",
+    lab={"domain_type": "kvm"},
+    network=USER,
+    defaults={"vcpus": 1, "memory": "512M"},
+    vms=WEB_DB,
+)
 
 
 @pytest.fixture
-def profile(tmp_path: Path, golden: Path) -> Path:
+def profile(tmp_path: Path, blank_golden: Path) -> Path:
+    """The lab on a blank image: for everything before the appliance."""
+    return write_profile(tmp_path, blank_golden)
+
+
+@pytest.fixture
+def golden_profile(tmp_path: Path, golden: Path) -> Path:
+    """The lab on the small real golden image: for whole builds."""
     return write_profile(tmp_path, golden)
 
 
@@ -127,10 +112,11 @@ def test_unknown_option_is_a_usage_error(run_cli: RunCli, profile: Path) -> None
 # ---------------------------------------------------------------------- build
 
 
+@pytest.mark.guestfs
 def test_build_prints_the_bundle_path_and_writes_the_bundle(
-    run_cli: RunCli, profile: Path, tmp_path: Path
+    run_cli: RunCli, golden_profile: Path, tmp_path: Path
 ) -> None:
-    result = run_cli("build", profile, "--output", tmp_path / "out")
+    result = run_cli("build", golden_profile, "--output", tmp_path / "out")
     assert result.code == 0, result.err
     bundle = (tmp_path / "out" / "lab").resolve()
     assert result.out == f"{bundle}\n"
@@ -145,13 +131,14 @@ def test_build_prints_the_bundle_path_and_writes_the_bundle(
     assert not list((tmp_path / "out").glob(".lab.staging-*"))
 
 
+@pytest.mark.guestfs
 def test_domain_xml_names_the_golden_image_and_keeps_its_owner(
-    run_cli: RunCli, profile: Path, golden: Path, tmp_path: Path
+    run_cli: RunCli, golden_profile: Path, golden: Path, tmp_path: Path
 ) -> None:
     """The backing chain is in the XML with relabel="no" (libvirt then leaves the
     shared golden image's owner alone), so QEMU must be able to read it as it is."""
     golden.chmod(0o600)
-    result = run_cli("build", profile, "--output", tmp_path / "out")
+    result = run_cli("build", golden_profile, "--output", tmp_path / "out")
     assert result.code == 0, result.err
     assert f"the golden image {golden.resolve()} (mode 0600) is not readable by" in result.err
     domain = ET.parse(tmp_path / "out" / "lab" / "vms" / "web" / "domain.xml").getroot()
@@ -165,8 +152,9 @@ def test_domain_xml_names_the_golden_image_and_keeps_its_owner(
     assert store.find("backingStore") is not None  # and nothing behind the golden image
 
 
-def test_build_json_and_quiet(run_cli: RunCli, profile: Path, tmp_path: Path) -> None:
-    result = run_cli("build", profile, "-o", tmp_path / "out", "--json", "-q")
+@pytest.mark.guestfs
+def test_build_json_and_quiet(run_cli: RunCli, golden_profile: Path, tmp_path: Path) -> None:
+    result = run_cli("build", golden_profile, "-o", tmp_path / "out", "--json", "-q")
     assert result.code == 0
     assert result.err == ""
     manifest = json.loads(result.out)
@@ -175,9 +163,10 @@ def test_build_json_and_quiet(run_cli: RunCli, profile: Path, tmp_path: Path) ->
     assert manifest["vms"]["web"]["fqdn"] == "web.lab.example"
 
 
-def test_profile_alone_means_build(run_cli: RunCli, profile: Path, tmp_path: Path) -> None:
-    short = run_cli(profile, "-o", tmp_path / "a")
-    full = run_cli("build", profile, "-o", tmp_path / "b")
+@pytest.mark.guestfs
+def test_profile_alone_means_build(run_cli: RunCli, golden_profile: Path, tmp_path: Path) -> None:
+    short = run_cli(golden_profile, "-o", tmp_path / "a")
+    full = run_cli("build", golden_profile, "-o", tmp_path / "b")
     assert (short.code, full.code) == (0, 0)
     a, b = (tmp_path / "a" / "lab").resolve(), (tmp_path / "b" / "lab").resolve()
     assert (short.out, full.out) == (f"{a}\n", f"{b}\n")
@@ -192,11 +181,11 @@ def test_profile_alone_means_build(run_cli: RunCli, profile: Path, tmp_path: Pat
 
 
 def test_build_failure_exits_3_and_publishes_nothing(
-    run_cli: RunCli, golden: Path, tmp_path: Path
+    run_cli: RunCli, blank_golden: Path, tmp_path: Path
 ) -> None:
     # A valid profile, but qemu-img refuses a qcow2 this large when making the disk.
-    vms = '\n[[vm]]\nname = "huge"\nip = "192.0.2.10"\ndisk_size = "100000T"\n'
-    path = write_profile(tmp_path, golden, vms)
+    vms = [{"name": "huge", "ip": "192.0.2.10", "disk_size": "100000T"}]
+    path = write_profile(tmp_path, blank_golden, vms=vms)
     assert run_cli("validate", path).code == 0
     out = tmp_path / "out"
     result = run_cli("build", path, "-o", out)
@@ -278,11 +267,11 @@ def test_plan_json_is_stable_and_round_trips(run_cli: RunCli, profile: Path) -> 
     assert plan.to_json() == first.out
 
 
-def test_plan_table(run_cli: RunCli, profile: Path, golden: Path) -> None:
+def test_plan_table(run_cli: RunCli, profile: Path, blank_golden: Path) -> None:
     result = run_cli("plan", profile)
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0].startswith(f"lab lab (kvm), base {golden}, user ")
+    assert lines[0].startswith(f"lab lab (kvm), base {blank_golden}, user ")
     assert lines[0].endswith(" 192.0.2.0/24")
     assert lines[1].split() == ["NAME", "HOSTNAME", "IP", "MAC", "VNC", "CPU", "MEMORY", "DISK"]
     web = lines[2].split()
@@ -312,9 +301,11 @@ def test_set_errors_exit_2(run_cli: RunCli, profile: Path) -> None:
     )
 
 
-def test_base_option_replaces_the_image(run_cli: RunCli, tmp_path: Path, golden: Path) -> None:
-    pin = f'sha256 = "{"0" * 64}"\n'
-    path = write_profile(tmp_path, tmp_path / "missing.qcow2", base_extra=pin)
+def test_base_option_replaces_the_image(
+    run_cli: RunCli, tmp_path: Path, blank_golden: Path
+) -> None:
+    golden = blank_golden
+    path = write_profile(tmp_path, tmp_path / "missing.qcow2", base={"sha256": "0" * 64})
     result = run_cli("plan", path, "--json", "--base", golden)
     base = json.loads(result.out)["base"]
     assert base == {"image": str(golden), "sha256": None, "format": "qcow2", "golden": None}
@@ -336,17 +327,21 @@ def test_validate_good_profile(run_cli: RunCli, profile: Path) -> None:
 
 @pytest.mark.parametrize("command", ["validate", "plan", "build"])
 def test_bad_profile_exits_2_with_the_message(
-    run_cli: RunCli, tmp_path: Path, golden: Path, command: str
+    run_cli: RunCli, tmp_path: Path, blank_golden: Path, command: str
 ) -> None:
-    path = write_profile(tmp_path, golden, WEB_DB.replace("192.0.2.20", "192.0.2.300"))
+    vms = [WEB_DB[0], {**WEB_DB[1], "ip": "192.0.2.300"}]
+    path = write_profile(tmp_path, blank_golden, vms=vms)
     result = run_cli(command, path, *(["-o", tmp_path / "out"] if command == "build" else []))
     assert_user_error(result, f'{path}: vm "db": ip 192.0.2.300 is not an IPv4 address')
     assert not (tmp_path / "out" / "lab").exists()
 
 
-def test_every_problem_is_reported(run_cli: RunCli, tmp_path: Path, golden: Path) -> None:
-    vms = WEB_DB.replace('memory = "1G"', 'memroy = "1G"\nmac = "01:00:00:00:00:01"')
-    path = write_profile(tmp_path, golden, vms.replace("192.0.2.10", "192.0.2.1"))
+def test_every_problem_is_reported(run_cli: RunCli, tmp_path: Path, blank_golden: Path) -> None:
+    vms = [
+        {"name": "web", "ip": "192.0.2.1"},
+        {"name": "db", "ip": "192.0.2.20", "memroy": "1G", "mac": "01:00:00:00:00:01"},
+    ]
+    path = write_profile(tmp_path, blank_golden, vms=vms)
     assert_user_error(
         run_cli("validate", path),
         f'{path}: vm "db": unknown key "memroy" (did you mean "memory"?)',
@@ -395,7 +390,8 @@ def test_golden_image_that_is_a_folder(run_cli: RunCli, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_golden_image(run_cli: RunCli, tmp_path: Path, golden: Path) -> None:
+def test_unreadable_golden_image(run_cli: RunCli, tmp_path: Path, blank_golden: Path) -> None:
+    golden = blank_golden
     golden.chmod(0)
     path = write_profile(tmp_path, golden)
     assert_user_error(
@@ -416,7 +412,8 @@ def test_golden_image_in_another_format(run_cli: RunCli, tmp_path: Path) -> None
     assert run_cli("validate", path, "--set", 'base.format="raw"').code == 0
 
 
-def test_truncated_golden_image(run_cli: RunCli, golden: Path, tmp_path: Path) -> None:
+def test_truncated_golden_image(run_cli: RunCli, blank_golden: Path, tmp_path: Path) -> None:
+    golden = blank_golden
     # qemu-img info still reads a truncated qcow2; only qemu-img check notices.
     with golden.open("r+b") as image:
         image.truncate(100 << 10)
@@ -427,11 +424,12 @@ def test_truncated_golden_image(run_cli: RunCli, golden: Path, tmp_path: Path) -
     assert result.out == ""
 
 
-def test_sha256_pin(run_cli: RunCli, tmp_path: Path, golden: Path) -> None:
+def test_sha256_pin(run_cli: RunCli, tmp_path: Path, blank_golden: Path) -> None:
+    golden = blank_golden
     digest = hashlib.sha256(golden.read_bytes()).hexdigest()
-    good = write_profile(tmp_path, golden, base_extra=f'sha256 = "{digest.upper()}"\n')
+    good = write_profile(tmp_path, golden, base={"sha256": digest.upper()})
     assert run_cli("validate", good).code == 0
-    bad = write_profile(tmp_path, golden, base_extra=f'sha256 = "sha256:{"ab" * 32}"\n')
+    bad = write_profile(tmp_path, golden, base={"sha256": f"sha256:{'ab' * 32}"})
     assert_user_error(
         run_cli("validate", bad),
         f"{bad}: base: image {golden} has sha256 {digest}, not the pinned {'ab' * 32} "
@@ -439,9 +437,14 @@ def test_sha256_pin(run_cli: RunCli, tmp_path: Path, golden: Path) -> None:
     )
 
 
-def test_disk_smaller_than_the_golden_image(run_cli: RunCli, tmp_path: Path, golden: Path) -> None:
-    vms = WEB_DB.replace('"192.0.2.10"', '"192.0.2.10"\ndisk_size = "1G"')
-    path = write_profile(tmp_path, golden, vms.replace('memory = "1G"', 'disk_size = "512M"'))
+def test_disk_smaller_than_the_golden_image(
+    run_cli: RunCli, tmp_path: Path, blank_golden: Path
+) -> None:
+    vms = [
+        {"name": "web", "ip": "192.0.2.10", "disk_size": "1G"},
+        {"name": "db", "ip": "192.0.2.20", "disk_size": "512M"},
+    ]
+    path = write_profile(tmp_path, blank_golden, vms=vms)
     assert_user_error(
         run_cli("validate", path),
         f'{path}: vm "db": disk_size 512M is smaller than the golden image\'s virtual size 1G',

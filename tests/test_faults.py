@@ -339,7 +339,7 @@ class Fill(Operation):
 
 
 def vmbuild_disk_operations(lab, vm, guest):
-    return [Fill("Filling the disk")]
+    return [Fill()]
 """
 
 #: A lab plugin whose disk operation uses up the host's inodes beside the bundle.
@@ -364,7 +364,7 @@ class Eat(Operation):
 
 
 def vmbuild_disk_operations(lab, vm, guest):
-    return [Eat("Using up the inodes")]
+    return [Eat()]
 """
 
 

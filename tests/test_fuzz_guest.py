@@ -20,58 +20,31 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from labs import BRIDGE, debian_facts, write_lab
 from vmbuild.build.customize import plan_operations
 from vmbuild.errors import BuildError
 from vmbuild.guest.appliance import Appliance, ApplianceTimeout
-from vmbuild.guest.diskops import Context, GuestFiles, Operation
-from vmbuild.model.facts import GuestFacts, NetStack
+from vmbuild.guest.diskops import Context, Operation
+from vmbuild.guest.files import GuestFiles
 from vmbuild.model.plan import Plan, make_plan
 from vmbuild.model.profile import load_profile
 from vmbuild.plugins.manager import Plugins, load_plugins
 
 pytestmark = [pytest.mark.guestfs, pytest.mark.slow]
 
-PROFILE = """
-[lab]
-name = "fuzz"
-domain = "lab.example"
+#: The lab: one VM, web, with root's key and password and a sudo user.
+ACCOUNTS = {
+    "root": {
+        "ssh_authorized_keys": [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm6AY2oSZm2fXRGQJ4ZcU5ZBjoGWnP1vFvmKDf0Hk1C a@b",
+        ],
+        "password_hash": "$6$salt$0123456789abcdefghijklmnopqrstuvwxyz",
+    },
+    "user": {"name": "lab", "sudo": True},
+}
 
-[base]
-image = "golden.qcow2"
 
-[network]
-source = "br-test"
-subnet = "192.0.2.0/24"
-gateway = "192.0.2.1"
-dns = ["192.0.2.1"]
-
-[root]
-ssh_authorized_keys = [
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm6AY2oSZm2fXRGQJ4ZcU5ZBjoGWnP1vFvmKDf0Hk1C a@b",
-]
-password_hash = "$6$salt$0123456789abcdefghijklmnopqrstuvwxyz"
-
-[user]
-name = "lab"
-sudo = true
-
-[[vm]]
-name = "web"
-ip = "192.0.2.10"
-"""
-
-FACTS = GuestFacts(
-    os_type="linux",
-    distro="debian",
-    product_name="Debian GNU/Linux 12 (bookworm)",
-    major=12,
-    minor=0,
-    hostname="golden",
-    network=NetStack.IFUPDOWN,
-    init="systemd",
-    cloud_init=True,
-    mounts=(("/", "/dev/sda1"),),
-)
+FACTS = debian_facts()
 
 #: The ordinary tree every example starts from: folders, then files.
 FOLDERS = (
@@ -194,11 +167,17 @@ class Guest:
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     folder = tmp_path_factory.mktemp("fuzz-guest")
-    (folder / "lab.toml").write_text(PROFILE)
-    profile = load_profile(folder / "lab.toml")
+    path = write_lab(
+        folder,
+        name="fuzz",
+        network={**BRIDGE, "dns": ["192.0.2.1"]},
+        tables=ACCOUNTS,
+        vms=[{"name": "web", "ip": "192.0.2.10"}],
+    )
+    profile = load_profile(path)
     plugins = load_plugins(profile)
     plan = make_plan(profile, plugins)
-    operations = plan_operations(plan, plan.vms[0], FACTS, plugins)
+    operations = plan_operations(plan, FACTS, plugins).operations[plan.vms[0].name]
     with Appliance(call_timeout=20) as app:
         app.call("adding a scratch disk", app.handle.add_drive_scratch, 64 << 20)
         app.launch()

@@ -110,14 +110,27 @@ def test_golden(case: str, profile: Path, expected: Path) -> None:
     assert not diffs, "".join(diffs)
 
 
-def test_every_profile_is_a_golden_case() -> None:
-    stems = {path.stem for path in (REPO / "profiles").glob("*.toml")}
-    assert stems, "profiles/ has no example profiles"
-    assert stems <= {
-        case.split("/", 1)[1] for case, _, _ in _cases() if case.startswith("profiles/")
-    }
-    for stem in stems:
-        assert (HERE / "golden" / "profiles" / stem / "plan.json").is_file(), stem
+def test_every_golden_folder_is_a_case_with_its_expected_files() -> None:
+    """The folders under tests/golden/ and the cases test_golden runs are the same: a
+    case folder without its profile, an expected folder left behind by a removed
+    example profile, or an example without expected files would otherwise pass
+    unnoticed (test_golden only looks at the cases it finds)."""
+    examples = {path.stem for path in (REPO / "profiles").glob("*.toml")}
+    assert examples, "profiles/ has no example profiles"
+    expected = {path.name for path in (HERE / "golden" / "profiles").iterdir() if path.is_dir()}
+    assert expected == examples, "tests/golden/profiles/ must hold one folder per example"
+    folders = sorted(path for path in (HERE / "golden" / "cases").iterdir() if path.is_dir())
+    assert folders, "tests/golden/cases/ has no cases"
+    for folder in folders:
+        assert (folder / "profile.toml").is_file(), f"{folder.name} has no profile.toml"
+        assert sorted(child.name for child in folder.iterdir()) == ["expected", "profile.toml"]
+    cases = {case: want for case, _, want in _cases()}
+    assert sorted(cases) == sorted(
+        [f"profiles/{stem}" for stem in examples] + [f"cases/{f.name}" for f in folders]
+    )
+    for case, want in cases.items():
+        assert (want / "plan.json").is_file(), f"{case}: no expected plan.json"
+        assert list(want.glob("vms/*/domain.xml")), f"{case}: no expected domain XML"
 
 
 def test_seed_iso_is_reproducible_and_honours_source_date_epoch(

@@ -1,4 +1,4 @@
-"""vmbuild.golden.builder: recipes, cache paths and mirrors (fast), and one real golden image
+"""vmbuild.golden: recipes, cache paths and mirrors (fast), and one real golden image
 built from Debian's packages and booted once under QEMU (slow: needs root,
 debootstrap, the Debian mirror and libguestfs).
 
@@ -20,14 +20,9 @@ from pathlib import Path
 import pytest
 from debiangolden import Built, require_builder
 from vmbuild.errors import BuildError, UserError
-from vmbuild.golden import builder as golden
-from vmbuild.golden.builder import (
-    GoldenRecipe,
-    build_golden,
-    cached_golden,
-    golden_path,
-    host_mirror,
-)
+from vmbuild.golden import recipe as golden
+from vmbuild.golden.builder import build_golden
+from vmbuild.golden.recipe import GoldenRecipe, cached_golden, golden_path, host_mirror
 from vmbuild.guest.appliance import kvm_usable
 from vmbuild.output.seed import dump_yaml, seed_iso_bytes
 
@@ -156,6 +151,7 @@ def built(debian_golden: Built) -> Built:
 
 @pytest.mark.slow
 @pytest.mark.guestfs
+@pytest.mark.golden_image
 def test_build_is_published_whole_and_cached(built: Built) -> None:
     folder = built.path.parent
     assert built.path == golden_path(built.recipe, built.cache)
@@ -209,6 +205,8 @@ NETWORK_CONFIG = {
 
 @pytest.mark.slow
 @pytest.mark.guestfs
+@pytest.mark.golden_image
+@pytest.mark.boot
 def test_image_boots_runs_cloud_init_and_powers_off(built: Built, tmp_path: Path) -> None:
     qemu = shutil.which("qemu-system-x86_64")
     assert qemu is not None
@@ -279,6 +277,7 @@ def test_image_boots_runs_cloud_init_and_powers_off(built: Built, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.golden_image
 def test_failed_build_leaves_nothing(can_build: None, tmp_path: Path) -> None:
     recipe = GoldenRecipe(packages=("no-such-package-vmbuild",))
     with pytest.raises(BuildError, match="Couldn't find these debs: no-such-package-vmbuild"):

@@ -4,6 +4,7 @@ in bounded time, nothing written through links, nothing published."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import subprocess
 import time
@@ -12,30 +13,22 @@ from pathlib import Path
 
 import pytest
 from conftest import qemu_holding, small_tmpfs
-from guestimages import ImageSpec, make_images
+from guestimages import ImageSpec, guest_entries, make_images
+from labs import write_lab
 from vmbuild.cli import main
 from vmbuild.guest.appliance import Appliance, ApplianceError, ApplianceTimeout
-from vmbuild.guest.diskops import GuestFiles, GuestPathError, guest_path
-
-pytestmark = pytest.mark.guestfs
+from vmbuild.guest.files import GuestFiles, GuestPathError, guest_path
 
 VMBUILD = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "vmbuild")
 
-PROFILE = """
-[lab]
-name = "trap"
-
-[base]
-image = "{image}"
-
-[network]
-source = "br-test"
-subnet = "192.0.2.0/24"
-
-[[vm]]
-name = "victim"
-ip = "192.0.2.10"
-"""
+#: The lab of these tests: one VM, "victim", on a bridge.
+write_profile = functools.partial(
+    write_lab,
+    name="trap",
+    domain=None,
+    network={"source": "br-test", "subnet": "192.0.2.0/24"},
+    vms=[{"name": "victim", "ip": "192.0.2.10"}],
+)
 
 
 #: Hostile golden images, made in one appliance launch: name -> what is in it.
@@ -64,34 +57,10 @@ def trap_image(hostile: dict[str, Path]) -> Path:
     return hostile["trap"]
 
 
-def _tree(disk: Path, folder: str) -> dict[str, tuple[int, str]]:
-    """Every entry under ``folder`` of a disk: path -> (mode, content digest)."""
-    import hashlib
-
-    import guestfs  # type: ignore[import-not-found]
-
-    g = guestfs.GuestFS(python_return_dict=True)
-    try:
-        g.add_drive_opts(str(disk), format="qcow2", readonly=True)
-        g.launch()
-        g.mount_ro("/dev/sda1", "/")
-        out = {}
-        for name in g.find(folder):
-            path = f"{folder.rstrip('/')}/{name.lstrip('/')}"
-            info = g.lstatns(path)
-            regular = info["st_mode"] & 0o170000 == 0o100000
-            content = hashlib.sha256(bytes(g.read_file(path))).hexdigest() if regular else ""
-            out[path] = (info["st_mode"], content)
-        return out
-    finally:
-        g.close()
-
-
 def _build(image: Path, tmp_path: Path) -> tuple[int, str, Path]:
     golden = tmp_path / image.name
     shutil.copyfile(image, golden)
-    profile = tmp_path / "lab.toml"
-    profile.write_text(PROFILE.format(image=golden))
+    profile = write_profile(tmp_path, golden)
     out = tmp_path / "out"
     done = subprocess.run(
         [VMBUILD, str(profile), "-o", str(out), "-q"], capture_output=True, text=True, timeout=600
@@ -99,6 +68,7 @@ def _build(image: Path, tmp_path: Path) -> tuple[int, str, Path]:
     return done.returncode, done.stderr, out
 
 
+@pytest.mark.guestfs
 def test_a_folder_link_to_etc_does_not_empty_the_clones_etc(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -108,8 +78,9 @@ def test_a_folder_link_to_etc_does_not_empty_the_clones_etc(
     assert code == 0, err
     assert "not removing" in err or "not looking for /var/lib/cloud/*" in err, err
     assert "/var/lib/cloud" in err and "symbolic link" in err
-    golden = _tree(hostile["cloud-to-etc"], "/etc")
-    clone = _tree(out / "trap" / "vms" / "victim" / "disk.qcow2", "/etc")
+    disks = {"golden": hostile["cloud-to-etc"], "clone": out / "trap/vms/victim/disk.qcow2"}
+    seen = guest_entries(disks, trees=["/etc"])
+    golden, clone = seen["golden"], seen["clone"]
     assert len(golden) > 20
     # Only the golden VM's leftovers that the clean-up names go.
     assert set(golden) - set(clone) == {
@@ -120,6 +91,7 @@ def test_a_folder_link_to_etc_does_not_empty_the_clones_etc(
         assert clone[path] == golden[path], path
 
 
+@pytest.mark.guestfs
 def test_a_folder_link_for_the_host_keys_fails_the_build(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -157,6 +129,7 @@ def test_guest_paths_are_absolute_and_normalised() -> None:
             guest_path(bad)
 
 
+@pytest.mark.guestfs
 def test_links_fifos_and_timeouts_inside_the_guest(trap_image: Path, tmp_path: Path) -> None:
     with opened(trap_image, tmp_path, timeout=8) as (app, guest):
         shadow = guest.read("/etc/shadow")
@@ -177,13 +150,13 @@ def test_links_fifos_and_timeouts_inside_the_guest(trap_image: Path, tmp_path: P
         assert time.monotonic() - start < 30
 
 
+@pytest.mark.guestfs
 def test_build_on_a_hostile_image_fails_clearly(
     trap_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     golden = tmp_path / "trap.qcow2"
     shutil.copyfile(trap_image, golden)
-    profile = tmp_path / "trap.toml"
-    profile.write_text(PROFILE.format(image=golden))
+    profile = write_profile(tmp_path, golden)
     assert main([str(profile), "-o", str(tmp_path / "out"), "-q"]) == 3
     err = capsys.readouterr().err
     assert 'vm "victim" (disk ' in err
@@ -194,21 +167,19 @@ def test_build_on_a_hostile_image_fails_clearly(
 
 
 def test_locked_golden_image_is_reported(
-    golden: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    blank_golden: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = tmp_path / "lab.toml"
-    profile.write_text(PROFILE.format(image=golden))
-    with qemu_holding(golden):
+    profile = write_profile(tmp_path, blank_golden)
+    with qemu_holding(blank_golden):
         assert main(["validate", str(profile)]) == 2
     assert "is locked: a running VM is using it" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount")
 def test_full_disk_is_refused_up_front(
-    golden: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    blank_golden: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    profile = tmp_path / "lab.toml"
-    profile.write_text(PROFILE.format(image=golden))
+    profile = write_profile(tmp_path, blank_golden)
     with small_tmpfs(tmp_path / "small", "20m") as out:
         start = time.monotonic()
         assert main([str(profile), "-o", str(out), "-q"]) == 3
@@ -216,6 +187,7 @@ def test_full_disk_is_refused_up_front(
     assert "not enough free space" in capsys.readouterr().err
 
 
+@pytest.mark.guestfs
 def test_disk_filling_up_mid_write_ends_in_bounded_time(golden: Path, tmp_path: Path) -> None:
     """QEMU pauses the appliance when its disk's host filesystem is full: the call
     would hang for ever without the watchdog."""

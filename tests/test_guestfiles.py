@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from vmbuild.guest import inspect
 from vmbuild.guest.appliance import Appliance, device_name
-from vmbuild.guest.diskops import Context, GuestFiles, GuestPathError, HostKeys, RemovePaths
+from vmbuild.guest.diskops import Context, HostKeys, RemovePaths
+from vmbuild.guest.files import GuestFiles, GuestPathError
 
 QEMU_IMG_OVERLAY = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]
 DRIVES = ("coherence", "glob", "trees", "links", "keys", "root", "inspect")
@@ -72,6 +73,7 @@ def lab(os_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
         yield Lab(app, golden, drives)
 
 
+@pytest.mark.guestfs
 def test_cached_answers_match_a_fresh_look(lab: Lab) -> None:
     with lab.mounted("coherence") as guest:
         passwd = guest.read("/etc/passwd")
@@ -117,6 +119,7 @@ def test_cached_answers_match_a_fresh_look(lab: Lab) -> None:
             assert not [n for n in lab.app.handle.ls(folder) if n.startswith(".vmbuild")]
 
 
+@pytest.mark.guestfs
 def test_glob_gives_what_glob3_gives(lab: Lab) -> None:
     with lab.mounted("glob") as guest:
         guest.write("/var/lib/cloud/.hidden", b"")
@@ -143,11 +146,12 @@ def test_glob_gives_what_glob3_gives(lab: Lab) -> None:
         assert "/var/lib/cloud/.hidden" not in guest.glob("/var/lib/cloud/*")
 
 
+@pytest.mark.guestfs
 def test_several_trees_are_removed_together(lab: Lab) -> None:
     with lab.mounted("trees") as guest:
         before = sorted(lab.app.handle.ls("/var/lib/cloud"))
         assert {"data", "instance", "instances", "sem"} <= set(before)
-        RemovePaths("clean", patterns=("/var/lib/cloud/*",)).apply(guest, Context())
+        RemovePaths(patterns=("/var/lib/cloud/*",)).apply(guest, Context())
         assert lab.app.handle.ls("/var/lib/cloud") == []
         # Nested and repeated paths, and trees on either side of a link.
         guest.write("/srv/a/b/c", b"x")
@@ -158,6 +162,7 @@ def test_several_trees_are_removed_together(lab: Lab) -> None:
         assert not [n for n in lab.app.handle.ls("/srv") if n.startswith(".vmbuild")]
 
 
+@pytest.mark.guestfs
 def test_links_are_never_followed_and_removing_one_removes_only_the_link(lab: Lab) -> None:
     h = lab.app.handle
     with lab.mounted("links") as guest:
@@ -181,6 +186,7 @@ def test_links_are_never_followed_and_removing_one_removes_only_the_link(lab: La
         assert bytes(h.read_file("/opt/link/sub/file")) == b"a folder of its own\n"
 
 
+@pytest.mark.guestfs
 def test_golden_host_keys_are_overwritten_and_links_replaced(lab: Lab) -> None:
     h = lab.app.handle
     with lab.mounted("keys") as guest:
@@ -191,7 +197,7 @@ def test_golden_host_keys_are_overwritten_and_links_replaced(lab: Lab) -> None:
         keys = {
             t: (f"private {t}\n".encode(), f"ssh-{t} AAAA root@keys") for t in ("ed25519", "rsa")
         }
-        HostKeys("keys", types=("ed25519", "rsa")).apply(guest, Context(keys))
+        HostKeys(types=("ed25519", "rsa")).apply(guest, Context(keys))
         names = sorted(n for n in h.ls("/etc/ssh") if n.startswith("ssh_host_"))
         assert names == [
             "ssh_host_ed25519_key",
@@ -212,6 +218,7 @@ def test_golden_host_keys_are_overwritten_and_links_replaced(lab: Lab) -> None:
             assert (h.lstatns(path + ".pub")["st_mode"] & 0o777) == 0o644
 
 
+@pytest.mark.guestfs
 def test_the_guest_root_is_never_removed(lab: Lab) -> None:
     with lab.mounted("root") as guest:
         with pytest.raises(GuestPathError, match="root folder"):
@@ -220,6 +227,7 @@ def test_the_guest_root_is_never_removed(lab: Lab) -> None:
         assert lab.app.handle.is_dir("/etc")
 
 
+@pytest.mark.guestfs
 def test_inspection_finds_partitions_the_quick_probe_misses(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,6 +239,7 @@ def test_inspection_finds_partitions_the_quick_probe_misses(
     assert inspect.inspect_golden(lab.app, lab.golden) == usual
 
 
+@pytest.mark.guestfs
 def test_inspection_maps_fstab_uuids_and_labels(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     h = lab.app.handle
     index = lab.drives["inspect"]

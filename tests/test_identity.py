@@ -8,7 +8,6 @@ check each identity item against the bundle's manifest, known_hosts and plan.
 from __future__ import annotations
 
 import json
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,17 @@ from typing import Any
 
 import pytest
 from expected import NATIVE
-from guestimages import FAMILIES, GOLDEN_MACHINE_ID, ImageSpec, golden_facts, make_images
+from guestimages import (
+    FAMILIES,
+    GOLDEN_MACHINE_ID,
+    ImageSpec,
+    golden_facts,
+    guest_entries,
+    make_images,
+)
 from guestimages import golden_host_public_keys as golden_keys
+from labs import BRIDGE, write_lab
 from vmbuild.cli import main
-from vmbuild.guest.appliance import Appliance
-from vmbuild.guest.diskops import GuestFiles
 
 pytestmark = pytest.mark.guestfs
 
@@ -30,32 +35,12 @@ ROOT_HASH = (
     "K8GQk6T0eVHW9pIoaQEN2sfEnuUUl0E1RBeLnAGcBcbdAc2.JYfj0"
 )
 
-PROFILE = """
-[lab]
-name = "{family}"
-domain = "lab.example"
-
-[base]
-image = "{image}"
-
-[network]
-source = "br-test"
-subnet = "192.0.2.0/24"
-gateway = "192.0.2.1"
-dns = ["192.0.2.53"]
-
-[root]
-password_hash = "{root_hash}"
-
-[user]
-name = "ops"
-ssh_authorized_keys = ["{user_key}"]
-
-[[vm]]
-name = "{short}{{n}}"
-count = 2
-ip = "192.0.2.21"
-"""
+#: The lab network, with its own DNS server.
+NETWORK = {**BRIDGE, "dns": ["192.0.2.53"]}
+ACCOUNTS = {
+    "root": {"password_hash": ROOT_HASH},
+    "user": {"name": "ops", "ssh_authorized_keys": [USER_KEY]},
+}
 
 
 @dataclass
@@ -79,15 +64,13 @@ def clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[
     make_images(images)
     bundles = {}
     for family in FAMILIES:
-        profile = work / f"{family}.toml"
-        profile.write_text(
-            PROFILE.format(
-                family=family,
-                image=work / f"{family}.qcow2",
-                root_hash=ROOT_HASH,
-                user_key=USER_KEY,
-                short=_short(family),
-            )
+        profile = write_lab(
+            work,
+            work / f"{family}.qcow2",
+            name=family,
+            network=NETWORK,
+            tables=ACCOUNTS,
+            vms=[{"name": f"{_short(family)}{{n}}", "count": 2, "ip": "192.0.2.21"}],
         )
         assert main([str(profile), "-o", str(work / "out"), "-q"]) == 0
         bundles[family] = work / "out" / family
@@ -105,36 +88,32 @@ def clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[
         "/etc/cloud/cloud.cfg.d/99-vmbuild-network.cfg",
         *NATIVE.values(),
     } | {f"/etc/ssh/ssh_host_{t}_key{s}" for t in ("rsa", "ecdsa", "ed25519") for s in ("", ".pub")}
+    clones: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
+    disks: dict[str, Path] = {}
+    for family, bundle in bundles.items():
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        plan = json.loads((bundle / "plan.json").read_text())
+        for vm in plan["vms"]:
+            clones[f"{family}/{vm['name']}"] = (family, vm, manifest)
+            disks[f"{family}/{vm['name']}"] = bundle / vm["disk"]["file"]
+    paths = set(watched)
+    for family in FAMILIES:
+        facts = golden_facts(family)
+        paths |= set(facts["leftovers"]) | set(facts["network_config"])
+    seen = guest_entries(disks, sorted(paths))  # every clone in one appliance
     result: dict[str, list[Clone]] = {}
-    with Appliance() as app:
-        disks = []
-        for family, bundle in bundles.items():
-            manifest = json.loads((bundle / "manifest.json").read_text())
-            plan = json.loads((bundle / "plan.json").read_text())
-            for vm in plan["vms"]:
-                app.add(bundle / vm["disk"]["file"], "qcow2", readonly=True)
-                disks.append((family, vm, manifest))
-        app.launch()
-        for index, (family, vm, manifest) in enumerate(disks):
-            app.handle.mount_ro(app.device(index) + "1", "/")
-            guest = GuestFiles(app)  # it remembers what one mounted disk holds
-            facts = golden_facts(family)
-            paths = watched | set(facts["leftovers"]) | set(facts["network_config"])
-            files = {
-                path: guest.read(path) if guest.kind(path) == "file" else None for path in paths
-            }
-            modes = {
-                path: stat.S_IMODE(app.handle.lstatns(path)["st_mode"])
-                for path in paths
-                if files[path] is not None
-            }
-            for path in paths:
-                if files[path] is None and guest.kind(path) is not None:
-                    files[path] = b"<not a regular file>"
-            result.setdefault(family, []).append(
-                Clone(family, vm["name"], manifest, vm, files, modes)
-            )
-            app.handle.umount_all()
+    for key, (family, vm, manifest) in clones.items():
+        entries = seen[key]
+        files = {
+            path: (entry.data if entry.kind == "file" else b"<not a regular file>")
+            if entry
+            else None
+            for path, entry in entries.items()
+        }
+        modes = {
+            path: entry.mode for path, entry in entries.items() if entry and entry.mode is not None
+        }
+        result.setdefault(family, []).append(Clone(family, vm["name"], manifest, vm, files, modes))
     yield result
 
 

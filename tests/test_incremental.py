@@ -9,38 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbuild.guest.appliance import Appliance
-from vmbuild.guest.diskops import GuestFiles
+from guestimages import read_guest_files
+from labs import write_lab
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]
 
 pytestmark = pytest.mark.guestfs
-
-PROFILE = """
-[lab]
-name = "inc"
-
-[base]
-image = "{image}"
-
-[network]
-source = "br-test"
-subnet = "192.0.2.0/24"
-gateway = "192.0.2.1"
-
-[[vm]]
-name = "a"
-ip = "192.0.2.10"
-
-[[vm]]
-name = "b"
-ip = "192.0.2.11"
-
-[[vm]]
-name = "c"
-ip = "192.0.2.12"
-"""
 
 
 def snapshot(bundle: Path) -> dict[str, tuple[int, int]]:
@@ -58,8 +33,8 @@ def host_keys(bundle: Path) -> dict[str, str]:
 
 
 def test_rebuilds_do_only_what_changed(run_cli: RunCli, golden: Path, tmp_path: Path) -> None:
-    profile = tmp_path / "inc.toml"
-    profile.write_text(PROFILE.format(image=golden))
+    vms = [{"name": name, "ip": f"192.0.2.{ip}"} for name, ip in (("a", 10), ("b", 11), ("c", 12))]
+    profile = write_lab(tmp_path, golden, name="inc", domain=None, vms=vms)
     out = tmp_path / "out"
     bundle = out / "inc"
     assert run_cli(profile, "-o", out).code == 0
@@ -88,12 +63,11 @@ def test_rebuilds_do_only_what_changed(run_cli: RunCli, golden: Path, tmp_path: 
             assert after[f"vms/{name}/{file}"] == before[f"vms/{name}/{file}"]
     for file in ("seed.iso", "domain.xml", "disk.qcow2"):
         assert after[f"vms/b/{file}"] != before[f"vms/b/{file}"]
-    with Appliance() as app:
-        app.add(bundle / "vms/a/disk.qcow2", "qcow2", readonly=True)
-        app.launch()
-        app.handle.mount_ro(app.device(0) + "1", "/")
-        hosts = (GuestFiles(app).read("/etc/hosts") or b"").decode()
-        public = (GuestFiles(app).read("/etc/ssh/ssh_host_ed25519_key.pub") or b"").decode()
+    files = read_guest_files(
+        {"a": bundle / "vms/a/disk.qcow2"}, ["/etc/hosts", "/etc/ssh/ssh_host_ed25519_key.pub"]
+    )["a"]
+    hosts = (files["/etc/hosts"] or b"").decode()
+    public = (files["/etc/ssh/ssh_host_ed25519_key.pub"] or b"").decode()
     assert "192.0.2.99 b" in hosts and "192.0.2.11" not in hosts
     assert public.strip() == keys["a"]
 

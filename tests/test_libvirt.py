@@ -1,5 +1,7 @@
 """Real libvirt: every generated domain XML passes virt-xml-validate, and a built
-lab is defined with its own define.sh on a running libvirtd, then undefined.
+lab is defined with its own define.sh on a running libvirtd, then undefined. The
+built lab's disks are edited in the appliance (``guestfs``); the XML checks need
+neither libvirtd nor the appliance.
 
 .ci/run starts libvirtd and sets VMBUILD_REQUIRE_LIBVIRT=1, so there a missing
 libvirtd fails these tests instead of skipping them.
@@ -69,6 +71,7 @@ def reference_bundle(tmp_path: Path, golden: Path) -> Iterator[Path]:
 
 
 @pytest.mark.libvirt
+@pytest.mark.guestfs
 def test_reference_lab_defines_on_real_libvirt(libvirtd: None, reference_bundle: Path) -> None:
     need("virt-xml-validate")
     xmls = sorted(reference_bundle.glob("vms/*/domain.xml"))
@@ -107,6 +110,7 @@ def test_reference_lab_defines_on_real_libvirt(libvirtd: None, reference_bundle:
     assert not left & set(names)
 
 
+@pytest.mark.guestfs
 def test_define_sh_refuses_a_moved_bundle(reference_bundle: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     reference_bundle.rename(moved)

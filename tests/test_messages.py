@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from labs import USER, make_image, write_lab
 from vmbuild.golden import builder as golden_module
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
@@ -20,31 +21,23 @@ RunCli = Callable[..., Any]
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
 
-def write_profile(folder: Path, base: str) -> Path:
-    """A one-VM lab on QEMU user networking; ``base`` is the [base] table's body."""
-    path = folder / "lab.toml"
-    path.write_text(
-        f"""\
-[lab]
-name = "lab"
-
-[base]
-{base}
-
-[network]
-type = "user"
-subnet = "192.0.2.0/24"
-
-[[vm]]
-name = "web"
-ip = "192.0.2.10"
-"""
+def write_profile(
+    folder: Path, base: Mapping[str, Any], vm: Mapping[str, Any] | None = None
+) -> Path:
+    """Lab "lab": VM web on QEMU user networking; ``base`` is the [base] table."""
+    return write_lab(
+        folder,
+        None,
+        name="lab",
+        domain=None,
+        base=base,
+        network=USER,
+        vms=[{"name": "web", "ip": "192.0.2.10", **(vm or {})}],
     )
-    return path
 
 
 def image_profile(folder: Path, image: Path | str, fmt: str = "qcow2") -> Path:
-    return write_profile(folder, f'image = "{image}"\nformat = "{fmt}"')
+    return write_profile(folder, {"image": str(image), "format": fmt})
 
 
 def assert_short(text: str) -> None:
@@ -60,6 +53,14 @@ def assert_refused(result: Any, line: str) -> None:
 
 
 # --------------------------------------------------------- qemu-img's output
+
+
+@pytest.fixture
+def data_golden(tmp_path: Path) -> Path:
+    """A qcow2 holding 4 MiB of data: cut in half, it loses dozens of clusters."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    return make_image(tmp_path / "golden.qcow2", data_mib=4)
 
 
 def _truncate_to_half(image: Path) -> None:
@@ -81,8 +82,9 @@ def _qemu_img_check(image: Path) -> tuple[int, list[str]]:
 
 
 def test_truncated_golden_image_is_one_short_message(
-    run_cli: RunCli, golden: Path, tmp_path: Path
+    run_cli: RunCli, data_golden: Path, tmp_path: Path
 ) -> None:
+    golden = data_golden
     _truncate_to_half(golden)
     corruptions, errors = _qemu_img_check(golden)
     assert len(errors) > 10  # what vmbuild used to print, one line each
@@ -99,8 +101,9 @@ def test_truncated_golden_image_is_one_short_message(
 
 
 def test_truncated_golden_image_in_full_under_verbose(
-    run_cli: RunCli, golden: Path, tmp_path: Path
+    run_cli: RunCli, data_golden: Path, tmp_path: Path
 ) -> None:
+    golden = data_golden
     _truncate_to_half(golden)
     _, errors = _qemu_img_check(golden)
     result = run_cli("validate", image_profile(tmp_path, golden), "-v")
@@ -303,7 +306,7 @@ def scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def debian_profile(folder: Path, release: str) -> Path:
-    return write_profile(folder, f'debian = "{release}"')
+    return write_profile(folder, {"debian": release})
 
 
 def test_unknown_release_is_named_with_a_suggestion(
@@ -360,8 +363,7 @@ def test_known_release_not_built_yet_passes_validate(
 def test_not_built_yet_still_checks_disk_sizes(
     run_cli: RunCli, tmp_path: Path, cache: Path, scripts: Path
 ) -> None:
-    path = write_profile(tmp_path, 'debian = "trixie"\nsize = "8G"')
-    path.write_text(path.read_text() + 'disk_size = "4G"\n')
+    path = write_profile(tmp_path, {"debian": "trixie", "size": "8G"}, {"disk_size": "4G"})
     assert_refused(
         run_cli("validate", path),
         f'{path}: vm "web": disk_size 4G is smaller than the golden image\'s virtual size 8G',

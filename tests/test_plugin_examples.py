@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pycdlib
 import pytest
 import yaml
-from test_plugins import debian_facts as facts
-from test_plugins import write_lab
-from vmbuild.guest.appliance import Appliance
-from vmbuild.guest.diskops import AuthorizedKeys, EnsureUser, GuestFiles, WriteFile
+from guestimages import read_guest_files
+from labs import debian_facts as facts
+from labs import write_lab
+from vmbuild.guest.diskops import AuthorizedKeys, EnsureUser, WriteFile
 from vmbuild.model.facts import NetStack
 from vmbuild.model.plan import Plan, make_plan
 from vmbuild.model.profile import load_profile
@@ -47,11 +47,7 @@ def write_profile(
 ) -> Path:
     """Lab "examples": VMs node1 and node2 (192.0.2.10, .11) using the given examples."""
     return write_lab(
-        folder,
-        image,
-        names=examples,
-        name="examples",
-        lab_extra=f'domain_type = "{domain_type}"',
+        folder, image, name="examples", lab={"domain_type": domain_type}, plugins=examples
     )
 
 
@@ -166,16 +162,8 @@ def lab(os_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
         "/etc/network/interfaces.d/storage0",
         "/etc/systemd/network/10-vmbuild-storage0.link",
     )
-    files: dict[str, dict[str, bytes | None]] = {}
-    with Appliance() as app:
-        for name in ("node1", "node2"):
-            app.add(bundle / f"vms/{name}/disk.qcow2", "qcow2", readonly=True)
-        app.launch()
-        for index, name in enumerate(("node1", "node2")):
-            app.handle.mount_ro(app.device(index) + "1", "/")
-            files[name] = {path: GuestFiles(app).read(path) for path in paths}
-            app.handle.umount_all()
-    yield Lab(bundle, files)
+    disks = {name: bundle / f"vms/{name}/disk.qcow2" for name in ("node1", "node2")}
+    yield Lab(bundle, read_guest_files(disks, paths))
 
 
 def _seed_file(iso_path: Path, name: str) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 
 import pluggy
 import pytest
+from labs import debian_facts
 from vmbuild.errors import UserError
 from vmbuild.guest.diskops import Operation, WriteFile, ordered
-from vmbuild.model.facts import GuestFacts, NetStack
 from vmbuild.model.plan import Plan, make_plan
 from vmbuild.model.profile import Profile, load_profile
 from vmbuild.plugins import hookspecs
@@ -47,18 +47,7 @@ count = 2
 ip = "192.0.2.10"
 """
 
-FACTS = GuestFacts(
-    os_type="linux",
-    distro="debian",
-    product_name="Debian 12",
-    major=12,
-    minor=0,
-    hostname="golden",
-    network=NetStack.IFUPDOWN,
-    init="systemd",
-    cloud_init=True,
-    mounts=(("/", "/dev/sda1"),),
-)
+FACTS = debian_facts()
 
 #: Implements every hook: logs each call as "NAME hook" and returns data naming itself.
 TRACER = """\
@@ -92,7 +81,7 @@ def vmbuild_plan_vm(vm):
 @hookimpl({mark})
 def vmbuild_disk_operations(vm, guest):
     _log("vmbuild_disk_operations")
-    return [WriteFile(f"Writing /etc/order ({{NAME}})", path="/etc/order", content=NAME)]
+    return [WriteFile(path="/etc/order", content=NAME)]
 
 
 @hookimpl({mark})

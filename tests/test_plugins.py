@@ -21,11 +21,10 @@ from typing import Any
 
 import pycdlib
 import pytest
+from guestimages import read_guest_files
+from labs import debian_facts, make_image, nodes, write_lab
 from vmbuild.errors import BuildError, ProfileError, UserError
-from vmbuild.guest.appliance import Appliance
-from vmbuild.guest.diskops import GuestFiles
 from vmbuild.host.hostkeys import HostKeySet
-from vmbuild.model.facts import GuestFacts, NetStack
 from vmbuild.model.plan import make_plan
 from vmbuild.model.profile import load_profile
 from vmbuild.output.seed import seed_files, seed_iso_bytes
@@ -36,81 +35,6 @@ from vmbuild.plugins.manager import BUILTIN_PLUGINS, HOOK_NAMES, PluginError, lo
 RunCli = Callable[..., Any]
 
 REPO = Path(__file__).resolve().parent.parent
-
-PROFILE = """\
-plugins = {plugins}
-
-[lab]
-name = "{name}"
-domain = "lab.example"
-{lab_extra}
-[base]
-image = "{image}"
-
-[network]
-source = "br-test"
-subnet = "192.0.2.0/24"
-gateway = "192.0.2.1"
-
-[defaults]
-memory = "1G"
-
-[[vm]]
-name = "node{{n}}"
-count = {count}
-ip = "192.0.2.10"
-"""
-
-
-def write_lab(
-    folder: Path,
-    image: Path | str,
-    plugins: dict[str, str] | None = None,
-    *,
-    names: list[str] | None = None,
-    name: str = "t",
-    count: int = 2,
-    lab_extra: str = "",
-) -> Path:
-    """A profile in ``folder`` whose plugins are the given files (name -> source),
-    listed in that order, plus any ``names`` (modules) after them."""
-    listed = []
-    for file, source in (plugins or {}).items():
-        path = folder / file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(source))
-        listed.append(file)
-    listed += names or []
-    profile = folder / f"{name}.toml"
-    profile.write_text(
-        PROFILE.format(
-            plugins=json.dumps(listed), name=name, image=image, count=count, lab_extra=lab_extra
-        )
-    )
-    return profile
-
-
-def empty_image(folder: Path) -> Path:
-    """A blank qcow2: enough for every step before the appliance."""
-    path = folder / "blank.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "64M"], check=True)
-    return path
-
-
-def debian_facts(network: NetStack = NetStack.IFUPDOWN) -> GuestFacts:
-    """What inspection would report for a Debian golden image."""
-    return GuestFacts(
-        os_type="linux",
-        distro="debian",
-        product_name="Debian 12",
-        major=12,
-        minor=0,
-        hostname="golden",
-        network=network,
-        init="systemd",
-        cloud_init=True,
-        mounts=(("/", "/dev/sda1"),),
-    )
 
 
 # --------------------------------------------------------------------------- docs
@@ -152,8 +76,8 @@ def test_plugins_command_lists_every_source_in_call_order(
     profile = write_lab(
         tmp_path,
         "golden.qcow2",
-        {"lab/motd.py": "def vmbuild_domain_xml(domain):\n    pass\n"},
-        names=["vmbuild_plugins.examples.packages"],
+        plugin_files={"lab/motd.py": "def vmbuild_domain_xml(domain):\n    pass\n"},
+        plugins=["vmbuild_plugins.examples.packages"],
     )
     result = run_cli("plugins", profile, "--json")
     assert result.code == 0, result.err
@@ -190,7 +114,9 @@ def test_plugins_command_lists_every_source_in_call_order(
 def test_disabled_plugins_are_not_loaded(
     run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    profile = write_lab(tmp_path, "golden.qcow2", {"broken.py": "raise RuntimeError('never')\n"})
+    profile = write_lab(
+        tmp_path, "golden.qcow2", plugin_files={"broken.py": "raise RuntimeError('never')\n"}
+    )
     monkeypatch.setenv("VMBUILD_DISABLE_PLUGINS", "vmbuild_plugins.network, broken.py,nothing")
     result = run_cli("plugins", profile, "--json")
     assert result.code == 0, result.err
@@ -234,7 +160,7 @@ def test_disabled_plugins_are_not_loaded(
 def test_a_broken_plugin_is_a_user_error_naming_it(
     run_cli: RunCli, tmp_path: Path, source: str, expected: str
 ) -> None:
-    profile = write_lab(tmp_path, "golden.qcow2", {"lab/bad.py": source})
+    profile = write_lab(tmp_path, "golden.qcow2", plugin_files={"lab/bad.py": source})
     for command in ("plan", "plugins"):
         result = run_cli(command, profile)
         assert result.code == 2, result.err
@@ -260,11 +186,11 @@ def test_an_entry_point_that_fails_to_load_is_named(
 
 
 def test_a_missing_plugin_is_a_user_error(run_cli: RunCli, tmp_path: Path) -> None:
-    profile = write_lab(tmp_path, "golden.qcow2", names=["./gone.py", "no_such_vmbuild_plugin"])
+    profile = write_lab(tmp_path, "golden.qcow2", plugins=["./gone.py", "no_such_vmbuild_plugin"])
     result = run_cli("plan", profile)
     assert result.code == 2
     assert f'{profile}: plugins: "./gone.py": no such file {tmp_path / "gone.py"}' in result.err
-    profile = write_lab(tmp_path, "golden.qcow2", names=["no_such_vmbuild_plugin"])
+    profile = write_lab(tmp_path, "golden.qcow2", plugins=["no_such_vmbuild_plugin"])
     result = run_cli("plan", profile)
     assert result.code == 2
     assert (
@@ -276,14 +202,16 @@ def test_a_missing_plugin_is_a_user_error(run_cli: RunCli, tmp_path: Path) -> No
 def test_the_same_file_twice_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "a.py").write_text("def vmbuild_user_data(vm):\n    return {}\n")
-    profile = write_lab(tmp_path, "golden.qcow2", names=["lab/a.py", "./lab/../lab/a.py"])
+    profile = write_lab(tmp_path, "golden.qcow2", plugins=["lab/a.py", "./lab/../lab/a.py"])
     result = run_cli("plugins", profile)
     assert result.code == 2
     assert f'{profile}: plugins: "./lab/../lab/a.py": the same file as "lab/a.py"' in result.err
 
 
 def test_a_failing_import_shows_its_traceback_with_v(run_cli: RunCli, tmp_path: Path) -> None:
-    profile = write_lab(tmp_path, "golden.qcow2", {"bad.py": "import os\n\nos.no_such_thing()\n"})
+    profile = write_lab(
+        tmp_path, "golden.qcow2", plugin_files={"bad.py": "import os\n\nos.no_such_thing()\n"}
+    )
     quiet = run_cli("validate", profile, "--no-base")
     assert quiet.code == 2 and "Traceback" not in quiet.err
     loud = run_cli("validate", profile, "--no-base", "-v")
@@ -301,7 +229,7 @@ def test_profile_checks_report_like_builtin_ones(run_cli: RunCli, tmp_path: Path
                 if vm.memory < 2 << 30:
                     yield Problem(f'vm "{vm.name}"', "needs 2G of memory", "set memory = 2G")
         """
-    profile = write_lab(tmp_path, "golden.qcow2", {"check.py": source})
+    profile = write_lab(tmp_path, "golden.qcow2", plugin_files={"check.py": source})
     result = run_cli("plan", profile)
     assert result.code == 2
     assert result.err.splitlines() == [
@@ -321,7 +249,9 @@ def test_plan_vm_annotates_the_plan(run_cli: RunCli, tmp_path: Path) -> None:
         def vmbuild_user_data(vm):
             return {"write_files": [{"path": "/etc/role", "content": vm.extra["role"]}]}
         """
-    profile = write_lab(tmp_path, "golden.qcow2", {"roles.py": source, "more.py": source})
+    profile = write_lab(
+        tmp_path, "golden.qcow2", plugin_files={"roles.py": source, "more.py": source}
+    )
     result = run_cli("plan", profile, "--json")
     assert result.code == 0, result.err
     vms = json.loads(result.out)["vms"]
@@ -342,7 +272,9 @@ def test_seed_files_hook_adds_files_to_the_iso(tmp_path: Path) -> None:
         def vmbuild_seed_files(vm):
             return {"lab-role.txt": f"role of {vm.name}\\n", "blob": bytes([0, 1, 2])}
         """
-    profile = load_profile(write_lab(tmp_path, "golden.qcow2", {"seedfiles.py": source}))
+    profile = load_profile(
+        write_lab(tmp_path, "golden.qcow2", plugin_files={"seedfiles.py": source})
+    )
     plugins = load_plugins(profile)
     plan = make_plan(profile, plugins)
     iso = pycdlib.PyCdlib()
@@ -377,7 +309,7 @@ def test_a_hook_that_fails_names_plugin_hook_and_vm(
     tmp_path: Path, hook: str, body: str, expected: str
 ) -> None:
     profile = load_profile(
-        write_lab(tmp_path, "golden.qcow2", {"bad.py": f"def {hook}:\n    {body}\n"})
+        write_lab(tmp_path, "golden.qcow2", plugin_files={"bad.py": f"def {hook}:\n    {body}\n"})
     )
     plugins = load_plugins(profile)
     name = hook.split("(")[0]
@@ -401,7 +333,9 @@ def test_bundle_files_must_stay_inside_the_bundle(tmp_path: Path) -> None:
         ("vms/node1/domain.xml", "is one of vmbuild's own files"),
     ):
         source = f"def vmbuild_bundle_files(lab):\n    return {{{path!r}: 'x'}}\n"
-        profile = load_profile(write_lab(tmp_path, "golden.qcow2", {"bundle.py": source}))
+        profile = load_profile(
+            write_lab(tmp_path, "golden.qcow2", plugin_files={"bundle.py": source})
+        )
         plugins = load_plugins(profile)
         with pytest.raises(PluginError, match=re.escape(f"file name {path!r} {problem}")):
             plugins.bundle_files(make_plan(profile, plugins), "/srv/t", {})
@@ -415,7 +349,8 @@ def test_exception_in_a_build_publishes_nothing_and_shows_traceback_with_v(
             if vm.name == "node2":
                 return {"packages": sorted([vm.name, None])}
         """
-    profile = write_lab(tmp_path, empty_image(tmp_path), {"lab/bad.py": source})
+    blank = make_image(tmp_path / "blank.qcow2", size="64M")
+    profile = write_lab(tmp_path, blank, plugin_files={"lab/bad.py": source})
     out = tmp_path / "out"
     result = run_cli(profile, "-o", out)
     assert result.code == 3
@@ -442,7 +377,7 @@ def test_a_plugin_raising_a_vmbuild_error_keeps_its_words_and_exit_code(
         def vmbuild_domain_xml(vm):
             raise UserError("bridge br-storage is not in the profile", hint="add it")
         """
-    profile = write_lab(tmp_path, "golden.qcow2", {"nic.py": source})
+    profile = write_lab(tmp_path, "golden.qcow2", plugin_files={"nic.py": source})
     loaded = load_profile(profile)
     plugins = load_plugins(loaded)
     plan = make_plan(loaded, plugins)
@@ -473,7 +408,7 @@ def vmbuild_user_data(vm):
 
 @hookimpl
 def vmbuild_disk_operations(vm):
-    return [WriteFile("Writing /etc/lab-note", path="/etc/lab-note", content=f"{vm.name}\\n")]
+    return [WriteFile(path="/etc/lab-note", content=f"{vm.name}\\n")]
 
 
 @hookimpl
@@ -547,21 +482,17 @@ def built(os_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     from vmbuild.cli import main
 
     work = tmp_path_factory.mktemp("lab-plugins")
-    profile = write_lab(work, os_image, {"lab/small.py": SMALL_PLUGIN, "lab/recorder.py": RECORDER})
+    profile = write_lab(
+        work, os_image, plugin_files={"lab/small.py": SMALL_PLUGIN, "lab/recorder.py": RECORDER}
+    )
     assert len(SMALL_PLUGIN.splitlines()) < 20
     out = work / "out"
     log.set_verbosity(1)
     assert main([str(profile), "-o", str(out), "-q"]) == 0
     bundle = out / "t"
-    note: dict[str, bytes | None] = {}
-    with Appliance() as app:
-        for name in ("node1", "node2"):
-            app.add(bundle / f"vms/{name}/disk.qcow2", "qcow2", readonly=True)
-        app.launch()
-        for index, name in enumerate(("node1", "node2")):
-            app.handle.mount_ro(app.device(index) + "1", "/")
-            note[name] = GuestFiles(app).read("/etc/lab-note")
-            app.handle.umount_all()
+    disks = {name: bundle / f"vms/{name}/disk.qcow2" for name in ("node1", "node2")}
+    files = read_guest_files(disks, ["/etc/lab-note"])
+    note = {name: files[name]["/etc/lab-note"] for name in disks}
     yield Built(profile, out, bundle, "", note)
 
 
@@ -586,7 +517,8 @@ def test_small_lab_plugin_reaches_seed_disk_and_xml(built: Built) -> None:
         cpu = domain.find("cpu")
         assert cpu is not None and cpu.get("mode") == "host-passthrough"
     operations = json.loads((built.bundle / "plan.json").read_text())["vms"][0]["operations"]
-    assert {"op": "write", "summary": "Writing /etc/lab-note"}.items() <= operations[-1].items()
+    summary = "Writing /etc/lab-note (mode 0644)"
+    assert {"op": "write", "summary": summary}.items() <= operations[-1].items()
 
 
 @pytest.mark.guestfs
@@ -617,9 +549,9 @@ def test_hooks_fire_in_order_during_a_whole_build(built: Built) -> None:
         *(f"{hook} node2" for hook in ("user_data", "network_config", "seed_files")),
         "domain_xml node1",
         "domain_xml node2",
-        "disk_operations node1",  # in the appliance, as each disk is edited
-        "disk_operations node2",
-        "disk_operations node1",  # for plan.json and the manifest
+        # once per VM, right after the appliance inspected the golden image: the
+        # same operations edit the disks and go into plan.json
+        "disk_operations node1",
         "disk_operations node2",
         "bundle_files",
         "build_finished",
@@ -679,8 +611,8 @@ def test_without_the_network_plugin_no_network_file_is_written(
     """Disabled, the network plugin leaves no trace; enabled, the bundle is the default
     one. All builds go to one output folder (paths in the XML and manifest are
     absolute) with the same host keys (ssh-keygen's are random)."""
-    monkeypatch.setattr("vmbuild.build.pipeline.generate_host_keys", _fixed_host_keys())
-    profile = write_lab(tmp_path, os_image, count=1)
+    monkeypatch.setattr("vmbuild.build.stages.generate_host_keys", _fixed_host_keys())
+    profile = write_lab(tmp_path, os_image, vms=[nodes(1)])
     out = tmp_path / "out"
     bundle = out / "t"
 
@@ -723,16 +655,12 @@ def test_without_the_network_plugin_no_network_file_is_written(
         "/etc/systemd/network/10-vmbuild-lan0.link",
         "/etc/cloud/cloud.cfg.d/99-vmbuild-network.cfg",
     )
-    seen: dict[str, dict[str, bytes | None]] = {}
-    with Appliance() as app:
-        app.add(os_image, "qcow2", readonly=True)
-        app.add(bundle / "vms/node1/disk.qcow2", "qcow2", readonly=True)
-        app.add(kept / "t/vms/node1/disk.qcow2", "qcow2", readonly=True)
-        app.launch()
-        for index, case in enumerate(("golden", "disabled", "enabled")):
-            app.handle.mount_ro(app.device(index) + "1", "/")
-            seen[case] = {path: GuestFiles(app).read(path) for path in network_files}
-            app.handle.umount_all()
+    disks = {
+        "golden": os_image,
+        "disabled": bundle / "vms/node1/disk.qcow2",
+        "enabled": kept / "t/vms/node1/disk.qcow2",
+    }
+    seen = read_guest_files(disks, network_files)
     assert seen["disabled"] == seen["golden"]  # not one network file written
     assert b"192.0.2.10/24" not in (seen["disabled"]["/etc/network/interfaces"] or b"")
     assert b"address 192.0.2.10/24" in (seen["enabled"]["/etc/network/interfaces"] or b"")

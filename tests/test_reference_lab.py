@@ -14,29 +14,14 @@ from typing import Any
 import pytest
 from debiangolden import Built
 from expected import NATIVE
+from guestimages import read_guest_files
 from vmbuild.cli import main
-from vmbuild.guest.appliance import Appliance
-from vmbuild.guest.diskops import GuestFiles
 
-pytestmark = [pytest.mark.slow, pytest.mark.guestfs]
+pytestmark = [pytest.mark.slow, pytest.mark.guestfs, pytest.mark.golden_image]
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "profiles" / "reference-lab.toml"
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
-
-
-def _identity(app: Appliance, index: int, network_file: str) -> dict[str, bytes | None]:
-    app.handle.mount_ro(app.device(index) + "1", "/")
-    try:
-        guest = GuestFiles(app)
-        paths = ["/etc/hostname", "/etc/machine-id", network_file] + [
-            f"/etc/ssh/ssh_host_{key_type}_key{suffix}"
-            for key_type in KEY_TYPES
-            for suffix in ("", ".pub")
-        ]
-        return {path: guest.read(path) for path in paths}
-    finally:
-        app.handle.umount_all()
 
 
 def test_eight_disks_are_eight_distinct_machines(debian_golden: Built, tmp_path: Path) -> None:
@@ -53,12 +38,15 @@ def test_eight_disks_are_eight_distinct_machines(debian_golden: Built, tmp_path:
     vms = plan["vms"]
     assert len(vms) == 8
 
-    with Appliance() as app:
-        golden_index = app.add(debian_golden.path, "qcow2", readonly=True)
-        indexes = [app.add(bundle / vm["disk"]["file"], "qcow2", readonly=True) for vm in vms]
-        app.launch()
-        golden = _identity(app, golden_index, network_file)
-        disks = [_identity(app, index, network_file) for index in indexes]
+    paths = ["/etc/hostname", "/etc/machine-id", network_file] + [
+        f"/etc/ssh/ssh_host_{key_type}_key{suffix}"
+        for key_type in KEY_TYPES
+        for suffix in ("", ".pub")
+    ]
+    images = {vm["name"]: bundle / vm["disk"]["file"] for vm in vms}
+    seen = read_guest_files({"golden": debian_golden.path, **images}, paths)
+    golden = seen["golden"]
+    disks = [seen[vm["name"]] for vm in vms]
 
     for path in golden:
         values = [disk[path] for disk in disks]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmbuild import log
-from vmbuild.errors import BuildError, Problem, ProfileError
+from vmbuild.errors import BuildError, ImageLockedError, Problem, ProfileError
 from vmbuild.golden import builder as golden
+from vmbuild.golden.recipe import GoldenRecipe, golden_path
 from vmbuild.host import qemuimg
 from vmbuild.host.files import file_digest
 from vmbuild.model.plan import Plan
@@ -115,12 +116,12 @@ def unreachable_problem(path: Path, shown: str) -> tuple[str, str] | None:
     return None
 
 
-def golden_recipe(base: Base) -> golden.GoldenRecipe | None:
+def golden_recipe(base: Base) -> GoldenRecipe | None:
     """The recipe of a golden image vmbuild builds from Debian's packages, or None."""
     if base.golden is None:
         return None
     spec = base.golden
-    return golden.GoldenRecipe(release=spec.debian, size=spec.size, packages=spec.packages)
+    return GoldenRecipe(release=spec.debian, size=spec.size, packages=spec.packages)
 
 
 def image_path(base: Base, folder: Path) -> Path:
@@ -128,7 +129,7 @@ def image_path(base: Base, folder: Path) -> Path:
     profile's folder, or the cache path of a golden image built from Debian's."""
     recipe = golden_recipe(base)
     if recipe is not None:
-        return golden.golden_path(recipe)
+        return golden_path(recipe)
     assert base.image is not None
     image = Path(base.image)
     return image if image.is_absolute() else folder / image
@@ -217,12 +218,12 @@ def inspect_base(plan: Plan, source: Path, known: tuple[str, str] | None = None)
     qemuimg.require()
     try:
         facts = qemuimg.info(path, fmt)
+    except ImageLockedError:
+        raise fail(
+            f"image {shown} is locked: a running VM is using it",
+            "shut that VM down; a golden image must not change under its clones",
+        ) from None
     except BuildError as err:
-        if qemuimg.is_lock_error(err):
-            raise fail(
-                f"image {shown} is locked: a running VM is using it",
-                "shut that VM down; a golden image must not change under its clones",
-            ) from None
         reason = err.reason if isinstance(err, qemuimg.QemuImgError) else err.message
         raise fail(
             f"image {shown} cannot be read as {fmt.value}: {reason}",

@@ -8,7 +8,7 @@ inside the appliance and edited with the operations the plugins planned for it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from vmbuild.build.base import BaseImage
 from vmbuild.errors import BuildError
 from vmbuild.guest.appliance import Appliance
-from vmbuild.guest.diskops import Context, GuestFiles, Operation, ordered, run_operations
+from vmbuild.guest.diskops import Context, Operation, ordered, run_operations
+from vmbuild.guest.files import GuestFiles
 from vmbuild.guest.inspect import device_map_for, inspect_golden, mount_all
 from vmbuild.host.hostkeys import HostKeySet
 from vmbuild.log import detail, info, warn
@@ -32,30 +33,46 @@ DRIVES_PER_LAUNCH = int(os.environ.get("VMBUILD_DRIVES_PER_LAUNCH", "24"))
 
 
 @dataclass(frozen=True)
-class Customized:
-    facts: GuestFacts
+class Edit:
+    """One disk for the appliance: the VM, its disk in the staging folder, and
+    whether it was built before and only needs the lab's new hosts table."""
+
+    vm: VmPlan
+    disk: Path
+    hosts_only: bool = False
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan with the golden image's facts and every VM's disk operations in it,
+    as plan.json records it, and the operations themselves."""
+
+    plan: Plan
     operations: Mapping[str, tuple[Operation, ...]]
 
-
-def plan_operations(
-    lab: Plan, vm: VmPlan, facts: GuestFacts, plugins: Plugins
-) -> tuple[Operation, ...]:
-    """Every plugin's operations for one VM, in plugin order, then by phase."""
-    return tuple(ordered(plugins.disk_operations(lab, vm, facts)))
+    @property
+    def facts(self) -> GuestFacts:
+        assert self.plan.guest is not None
+        return self.plan.guest
 
 
-def with_operations(lab: Plan, facts: GuestFacts, plugins: Plugins) -> Plan:
-    """The plan with the golden image's facts and every VM's disk operations in it."""
-    return replace(
-        lab,
-        guest=facts,
-        vms=tuple(
-            replace(
-                vm,
-                operations=tuple(op.to_data() for op in plan_operations(lab, vm, facts, plugins)),
-            )
-            for vm in lab.vms
+def plan_operations(lab: Plan, facts: GuestFacts, plugins: Plugins) -> Planned:
+    """Every plugin's operations for every VM, combined in reverse call order (as
+    ``Plugins.disk_operations`` does), then ordered by phase: the one
+    call of ``vmbuild_disk_operations`` per VM in a build."""
+    operations = {
+        vm.name: tuple(ordered(plugins.disk_operations(lab, vm, facts))) for vm in lab.vms
+    }
+    return Planned(
+        replace(
+            lab,
+            guest=facts,
+            vms=tuple(
+                replace(vm, operations=tuple(op.to_data() for op in operations[vm.name]))
+                for vm in lab.vms
+            ),
         ),
+        operations,
     )
 
 
@@ -91,18 +108,18 @@ def inspect_only(base: BaseImage) -> GuestFacts:
 
 def customize(
     lab: Plan,
-    vms: Sequence[VmPlan],
-    disks: Mapping[str, Path],
     base: BaseImage,
     plugins: Plugins,
+    edits: Sequence[Edit],
     host_keys: Callable[[], Mapping[str, HostKeySet]],
-    hosts_only: Set[str] = frozenset(),
-) -> Customized:
-    """Edit every VM's disk; ``host_keys`` is waited for only once the appliance runs,
-    so the keys can be made while it boots. Disks named in ``hosts_only`` were built
-    before and only get the lab's new /etc/hosts."""
-    facts: GuestFacts | None = None
-    operations: dict[str, tuple[Operation, ...]] = {}
+) -> Planned:
+    """Edit every disk of ``edits``. The golden image is inspected first, and the
+    operations for the whole lab are planned from what it holds; ``host_keys`` is
+    waited for only once the appliance runs, so the keys can be made while it boots."""
+    hosts_only = {edit.vm.name for edit in edits if edit.hosts_only}
+    disks = {edit.vm.name: edit.disk for edit in edits}
+    vms = [edit.vm for edit in edits]
+    planned: Planned | None = None
     warned: set[str] = set()
     chunk_size = max(1, DRIVES_PER_LAUNCH - 1)
     chunks = [list(vms[i : i + chunk_size]) for i in range(0, len(vms), chunk_size)]
@@ -116,29 +133,29 @@ def customize(
             part = f" (part {number} of {len(chunks)})" if len(chunks) > 1 else ""
             info(f"  starting the appliance with {len(drives)} disks{part} [{app.accel}]")
             app.launch()
-            if facts is None:
+            if planned is None:
                 facts = inspect_golden(app, golden)
                 info(f"  golden image: {facts.family}")
                 check_family(facts)
+                planned = plan_operations(lab, facts, plugins)
             keys = host_keys()
             for vm in chunk:
                 where = f"{vm.place} (disk {disks[vm.name]})"
-                ops = plan_operations(lab, vm, facts, plugins)
-                operations[vm.name] = ops
+                ops = planned.operations[vm.name]
                 if vm.name in hosts_only:
-                    ops = tuple(op for op in ops if getattr(op, "path", None) == "/etc/hosts")
+                    ops = tuple(op for op in ops if op.hosts_only)
                 info(f"  {vm.name}: {len(ops)} operations")
-                mapping = device_map_for(app, facts, golden, drives[vm.name])
+                mapping = device_map_for(app, planned.facts, golden, drives[vm.name])
                 try:
                     mount_all(
                         app,
-                        facts.mounts,
+                        planned.facts.mounts,
                         readonly=False,
                         device_map=mapping,
-                        types=facts.filesystems,
+                        types=planned.facts.filesystems,
                     )
                 except BuildError as err:
-                    raise BuildError(f"{where}: {err.message}") from None
+                    raise BuildError(err.message, place=where) from None
                 context = Context(keys.get(vm.name, {}))
                 guest = GuestFiles(app)
                 run_operations(guest, ops, context, where, detail)
@@ -148,5 +165,5 @@ def customize(
                         warn(f"{vm.place}: {note}")
                 app.call(f"{where}: unmounting", app.handle.umount_all)
             app.finish("writing the disks out")
-    assert facts is not None
-    return Customized(facts, operations)
+    assert planned is not None
+    return planned

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from vmbuild.errors import BuildError
-from vmbuild.golden.builder import default_cache
+from vmbuild.golden.recipe import default_cache
 from vmbuild.guest.appliance import Appliance, guestfs_module, kvm_usable
 from vmbuild.libvirt.virsh import unreachable_for_qemu
 

@@ -1,5 +1,6 @@
 """Golden images vmbuild makes itself from Debian's packages: the recipe and where
-its image is cached (pure), and the builder that runs ``debootstrap`` and writes the
+its image is cached (``recipe``: pure but for reading the host's apt sources and
+hashing a cached image), and the builder that runs ``debootstrap`` and writes the
 disk in one appliance (``builder``).
 
 It may import ``vmbuild.guest``, ``vmbuild.host``, ``vmbuild.model``,

@@ -4,7 +4,8 @@
 inside one libguestfs appliance (partition, mkfs, tar-in, configuration, then
 ``grub-install`` and ``update-grub`` run in the guest), so no guest filesystem is
 ever mounted on the host. The image is cached under a name derived from its recipe
-and published atomically with a ``.sha256`` and a ``.json`` beside it.
+(``vmbuild.golden.recipe``) and published atomically with a ``.sha256`` and a
+``.json`` beside it.
 
 What the image is made to be (see DESIGN.md, "Identity rules" and "Facts"):
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -36,56 +36,27 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vmbuild.errors import BuildError, UserError
+from vmbuild.golden.recipe import GoldenRecipe, cached_golden, golden_path, sidecar
 from vmbuild.guest.appliance import Appliance, ApplianceError, ApplianceTimeout, guestfs_module
+from vmbuild.guest.files import GuestFiles
 from vmbuild.host import qemuimg
 from vmbuild.host.files import file_digest, write_atomic
-from vmbuild.model.profile import DEBIAN_PACKAGE, DEBIAN_RELEASE
-
-#: Bump when the build steps change what ends up in the image: it is in the digest.
-RECIPE_FORMAT = 1
-
-#: Debian's packages on top of minbase, each there for a reason:
-BASE_PACKAGES: tuple[str, ...] = (
-    "linux-image-cloud-amd64",  # virtio drivers, small; no AHCI (see DESIGN.md)
-    "systemd-sysv",  # /sbin/init
-    "udev",  # devices, and the trigger that starts qemu-guest-agent
-    "cloud-init",  # applies the NoCloud seed
-    "python3-cffi-backend",  # cloud-init -> cryptography needs python3-cffi-backend-api-*,
-    # a virtual package that debootstrap does not resolve
-    "cloud-guest-utils",  # growpart: cloud-init grows the root partition to the VM's disk
-    "openssh-server",
-    "qemu-guest-agent",
-    "grub-pc",  # BIOS boot: the `pc` and `q35` machines boot SeaBIOS by default
-    "ifupdown",  # the network stack cloud-init renders to on Debian 12
-    "iproute2",  # ip(8), used by ifupdown and cloud-init
-    "netbase",  # /etc/services, /etc/protocols
-    "sudo",  # cloud-init's default user and the profile's `sudo = true`
-    "e2fsprogs",  # fsck.ext4 at boot, resize2fs for cloud-init's resizefs
-    "zstd",  # initramfs-tools' default compressor; without it mkinitramfs falls back to gzip
-)
-# isc-dhcp-client is not named: the labs use static addresses, and cloud-init
-# depends on it anyway.
+from vmbuild.log import step
 
 #: The root filesystem's label; /etc/fstab and GRUB use its UUID.
 ROOT_LABEL = "debian-root"
 FSTYPE = "ext4"
 HOSTNAME = "debian-golden"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: Room needed in the cache folder: the tree, its tarball and the image.
 SPACE_NEEDED = 3 << 30
-MIN_SIZE = 1 << 30
 
 DEBOOTSTRAP_TIMEOUT = 1800.0
 #: Copying the tree into the guest runs at TCG speed: allow for a slow host.
 TAR_IN_TIMEOUT = 1800.0
 GUEST_COMMAND_TIMEOUT = 900.0
-
-_MIRROR = re.compile(r"(https?|file)://[^\s,'\"\\]+")
 
 Progress = Callable[[str], None]
 
@@ -94,156 +65,10 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class GoldenRecipe:
-    """Everything that decides what goes into a golden image."""
-
-    release: str = "bookworm"
-    #: Virtual size in bytes; clones are grown from it by vmbuild.
-    size: int = 4 << 30
-    #: Debian packages installed on top of :data:`BASE_PACKAGES`.
-    packages: tuple[str, ...] = ()
-    #: The Debian mirror; None means the one this host's apt uses.
-    mirror: str | None = None
-
-    def __post_init__(self) -> None:
-        if not DEBIAN_RELEASE.fullmatch(self.release):
-            raise UserError(f"release {self.release!r} is not a Debian release name")
-        if self.size < MIN_SIZE or self.size % 512:
-            raise UserError(
-                f"image size {self.size} must be a multiple of 512 bytes, at least 1 GiB"
-            )
-        # A list would make the recipe unhashable and its digest depend on mutation.
-        object.__setattr__(self, "packages", tuple(self.packages))
-        bad = [name for name in self.packages if not DEBIAN_PACKAGE.fullmatch(name)]
-        if bad:
-            raise UserError(f"not a Debian package name: {', '.join(map(repr, bad))}")
-        if self.mirror is not None and not _MIRROR.fullmatch(self.mirror):
-            raise UserError(
-                f"mirror {self.mirror!r} is not an http, https or file URL",
-                hint="e.g. http://deb.debian.org/debian",
-            )
-
-    def resolved_mirror(self) -> str:
-        return self.mirror or host_mirror(self.release)
-
-    def all_packages(self) -> tuple[str, ...]:
-        """Base and extra packages, each once, in a fixed order."""
-        return tuple(dict.fromkeys((*BASE_PACKAGES, *sorted(self.packages))))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": RECIPE_FORMAT,
-            "release": self.release,
-            "size": self.size,
-            "packages": list(self.packages),
-            "mirror": self.resolved_mirror(),
-            "base_packages": list(BASE_PACKAGES),
-        }
-
-    def digest(self) -> str:
-        """sha256 over what affects the image: the order of ``packages`` does not."""
-        data = {**self.to_json(), "packages": sorted(set(self.packages))}
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-#: Where root keeps golden images: a system folder that libvirt's unprivileged QEMU
-#: user (Debian's libvirt-qemu) can reach, unlike root's home (mode 0700), since
-#: every VM disk is an overlay that reads its golden image at run time.
-SYSTEM_CACHE = Path("/var/cache/vmbuild")
-
-
-def default_cache() -> Path:
-    """``$VMBUILD_CACHE``, else /var/cache/vmbuild for root, else the XDG cache."""
-    if explicit := os.environ.get("VMBUILD_CACHE"):
-        return Path(explicit)
-    if os.geteuid() == 0 and not os.environ.get("XDG_CACHE_HOME"):
-        return SYSTEM_CACHE
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vmbuild"
-
-
-def golden_path(recipe: GoldenRecipe, cache: Path | None = None) -> Path:
-    folder = (cache if cache is not None else default_cache()) / "golden"
-    return folder / f"debian-{recipe.release}-{recipe.digest()[:16]}.qcow2"
-
-
-# ---------------------------------------------------------------------------
-# The host's mirror
-
-
-def _sources_entries(text: str, deb822: bool) -> Iterator[tuple[list[str], list[str]]]:
-    """(URIs, suites) of each enabled ``deb`` entry of one apt sources file."""
-    if deb822:
-        for paragraph in re.split(r"\n\s*\n", text):
-            fields: dict[str, str] = {}
-            key = ""
-            for line in paragraph.splitlines():
-                if line.startswith("#") or not line.strip():
-                    continue
-                if line[0].isspace() and key:
-                    fields[key] += " " + line.strip()
-                    continue
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
-            if "deb" not in fields.get("types", "").split():
-                continue
-            if fields.get("enabled", "yes").lower() == "no":
-                continue
-            yield fields.get("uris", "").split(), fields.get("suites", "").split()
-        return
-    for line in text.splitlines():
-        words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-        if len(words) >= 3 and words[0] == "deb":
-            yield [words[1]], [words[2]]
-
-
-def host_mirror(release: str, root: Path = Path("/")) -> str:
-    """The Debian mirror this host's apt uses for ``release``, else deb.debian.org."""
-    etc = root / "etc/apt"
-    files = [(etc / "sources.list", False)]
-    files += [(path, False) for path in sorted(etc.glob("sources.list.d/*.list"))]
-    files += [(path, True) for path in sorted(etc.glob("sources.list.d/*.sources"))]
-    for path, deb822 in files:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        for uris, suites in _sources_entries(text, deb822):
-            if release not in suites:
-                continue
-            for uri in uris:
-                if _MIRROR.fullmatch(uri):
-                    return uri.rstrip("/")
-    return DEFAULT_MIRROR
-
-
-# ---------------------------------------------------------------------------
-# The cache
-
-
-def _sidecar(image: Path, suffix: str) -> Path:
-    return image.with_name(image.name + suffix)
-
-
-def cached_golden(recipe: GoldenRecipe, cache: Path | None = None) -> tuple[Path, str] | None:
-    """The cached image of ``recipe`` and its sha256, if it is there and intact."""
-    image = golden_path(recipe, cache)
-    try:
-        recorded = _sidecar(image, ".sha256").read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-    if not image.is_file() or image.is_symlink():
-        return None
-    return (image, recorded) if file_digest(image) == recorded else None
-
-
 @contextlib.contextmanager
 def _locked(image: Path) -> Iterator[None]:
     """One build of an image at a time; a second one waits and then finds it cached."""
-    lock = _sidecar(image, ".lock")
+    lock = sidecar(image, ".lock")
     fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -254,15 +79,6 @@ def _locked(image: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------
 # The build
-
-
-@contextlib.contextmanager
-def _step(progress: Progress, title: str, timings: dict[str, float], key: str) -> Iterator[None]:
-    progress(f"‣ {title}")
-    start = time.monotonic()
-    yield
-    timings[key] = time.monotonic() - start
-    progress(f"  done in {timings[key]:.1f}s")
 
 
 def debootstrap_path() -> str | None:
@@ -545,40 +361,29 @@ ssh_genkeytypes: [ rsa, ecdsa, ed25519 ]
 """
 
 
-class _Guest:
-    """The new disk inside the appliance, with the few operations the build needs."""
+def _sh(app: Appliance, what: str, script: str, timeout: float = GUEST_COMMAND_TIMEOUT) -> str:
+    """Run ``script`` in the new system; a failure carries everything it printed.
 
-    def __init__(self, app: Appliance) -> None:
-        self.app = app
-        self.h = app.handle
+    guestfs reports only a failed command's stderr, and tools such as grub-install
+    say why they failed on stdout as well: both streams are joined, and on failure
+    the joined text and the exit status go to stderr.
+    """
+    full = (
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8\n"
+        f"out=$( {{ {script}\n}} 2>&1 )\n"
+        'status=$?\nprintf "%s" "$out"\n'
+        'if [ "$status" -ne 0 ]; then\n'
+        '  printf "%s\\n(exit status %d)" "$out" "$status" >&2\n  exit "$status"\nfi\n'
+    )
+    out: str = app.call(what, app.handle.sh, full, timeout=timeout)
+    return out
 
-    def call(
-        self, what: str, function: Callable[..., Any], *args: Any, timeout: float | None = None
-    ) -> Any:
-        return self.app.call(what, function, *args, timeout=timeout)
 
-    def write(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Replace ``path`` (never writing through a link) with a new regular file."""
-        self.call(f"removing {path}", self.h.rm_f, path)
-        self.call(f"writing {path}", self.h.write, path, text.encode())
-        self.call(f"setting the mode of {path}", self.h.chmod, mode, path)
-
-    def sh(self, what: str, script: str, timeout: float = GUEST_COMMAND_TIMEOUT) -> str:
-        """Run ``script`` in the new system; a failure carries everything it printed.
-
-        guestfs reports only a failed command's stderr, and tools such as grub-install
-        say why they failed on stdout as well: both streams are joined, and on failure
-        the joined text and the exit status go to stderr.
-        """
-        full = (
-            "export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8\n"
-            f"out=$( {{ {script}\n}} 2>&1 )\n"
-            'status=$?\nprintf "%s" "$out"\n'
-            'if [ "$status" -ne 0 ]; then\n'
-            '  printf "%s\\n(exit status %d)" "$out" "$status" >&2\n  exit "$status"\nfi\n'
-        )
-        out: str = self.call(what, self.h.sh, full, timeout=timeout)
-        return out
+def _replace(files: GuestFiles, path: str, text: str, mode: int = 0o644) -> None:
+    """A new regular file at ``path``, root's, in place of whatever debootstrap left
+    there (a link is removed, not written through)."""
+    files.remove(path)
+    files.write(path, text.encode(), mode=mode)
 
 
 #: Appliance launches that may try grub-install before the build gives up.
@@ -600,27 +405,28 @@ def _install_boot(image: Path, uuid: str, progress: Progress) -> None:
         with Appliance() as app:
             app.add(image, "qcow2", readonly=False)
             app.launch()
-            g = _Guest(app)
+            h = app.handle
             disk = app.device(0)
-            g.call("mounting the filesystem", g.h.mount, f"{disk}1", "/")
+            app.call("mounting the filesystem", h.mount, f"{disk}1", "/")
             try:
-                g.sh("installing GRUB", f"grub-install --target=i386-pc {disk}")
+                _sh(app, "installing GRUB", f"grub-install --target=i386-pc {disk}")
             except ApplianceTimeout:
                 raise
             except ApplianceError as err:
                 failures.append(f"attempt {attempt}: {err}")
                 progress(f"  grub-install failed (attempt {attempt} of {GRUB_ATTEMPTS}): {err}")
-                g.call("unmounting", g.h.umount_all)
+                app.call("unmounting", h.umount_all)
                 continue
-            g.sh("writing grub.cfg", "update-grub")
-            grub_cfg: str = g.call("reading grub.cfg", g.h.cat, "/boot/grub/grub.cfg")
+            _sh(app, "writing grub.cfg", "update-grub")
+            # Looked at only now: the guest's own commands above changed it.
+            grub_cfg = (GuestFiles(app).read("/boot/grub/grub.cfg") or b"").decode()
             if f"root=UUID={uuid}" not in grub_cfg or "console=ttyS0" not in grub_cfg:
                 raise BuildError(
                     "update-grub wrote a grub.cfg without root=UUID and the serial console"
                 )
-            g.call("syncing", g.h.sync)
-            g.call("unmounting", g.h.umount_all)
-            g.call("shutting the appliance down", g.h.shutdown)
+            app.call("syncing", h.sync)
+            app.call("unmounting", h.umount_all)
+            app.call("shutting the appliance down", h.shutdown)
             return
     raise BuildError("grub-install failed in every attempt:\n" + "\n".join(failures))
 
@@ -634,69 +440,67 @@ def _make_disk(recipe: GoldenRecipe, image: Path, tarball: Path, progress: Progr
         app.add(image, "qcow2", readonly=False)
         progress(f"  starting the appliance ({app.accel})")
         app.launch()
-        g = _Guest(app)
         h = app.handle
         disk = app.device(0)
         part = f"{disk}1"
         progress(f"  partitioning {disk} (MBR, one bootable partition) and making ext4")
-        g.call("partitioning", h.part_disk, disk, "mbr")
-        g.call("marking the partition bootable", h.part_set_bootable, disk, 1, True)
-        g.call("making the filesystem", lambda: h.mkfs(FSTYPE, part, label=ROOT_LABEL))
-        uuid: str = g.call("reading the filesystem UUID", h.vfs_uuid, part)
-        g.call("mounting the filesystem", h.mount, part, "/")
+        app.call("partitioning", h.part_disk, disk, "mbr")
+        app.call("marking the partition bootable", h.part_set_bootable, disk, 1, True)
+        app.call("making the filesystem", lambda: h.mkfs(FSTYPE, part, label=ROOT_LABEL))
+        uuid: str = app.call("reading the filesystem UUID", h.vfs_uuid, part)
+        app.call("mounting the filesystem", h.mount, part, "/")
         size = tarball.stat().st_size
         progress(f"  copying the tree in ({size >> 20} MiB)")
-        g.call(
+        app.call(
             "copying the debootstrap tree in",
             lambda: h.tar_in(str(tarball), "/", xattrs=True),
             timeout=TAR_IN_TIMEOUT,
         )
 
         progress("  configuring: fstab, hostname, serial console, cloud-init, identity")
-        g.write("/etc/fstab", f"UUID={uuid} / {FSTYPE} errors=remount-ro 0 1\n")
-        g.write("/etc/hostname", HOSTNAME + "\n")
-        g.write(
+        # Every change up to the guest's own commands below goes through it.
+        files = GuestFiles(app)
+        _replace(files, "/etc/fstab", f"UUID={uuid} / {FSTYPE} errors=remount-ro 0 1\n")
+        _replace(files, "/etc/hostname", HOSTNAME + "\n")
+        _replace(
+            files,
             "/etc/hosts",
             f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n\n"
             "::1\t\tlocalhost ip6-localhost ip6-loopback\n"
             "ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n",
         )
-        g.write("/etc/resolv.conf", "")  # the build host's; vmbuild writes each VM's
-        g.write("/etc/apt/sources.list", _sources_list(recipe))
-        g.write("/etc/default/grub.d/90-vmbuild.cfg", _grub_settings())
-        g.write("/etc/cloud/cloud.cfg.d/90-vmbuild.cfg", _CLOUD_CFG)
-        g.write("/etc/default/locale", "LANG=C.UTF-8\n")
+        _replace(files, "/etc/resolv.conf", "")  # the build host's; vmbuild writes each VM's
+        _replace(files, "/etc/apt/sources.list", _sources_list(recipe))
+        _replace(files, "/etc/default/grub.d/90-vmbuild.cfg", _grub_settings())
+        _replace(files, "/etc/cloud/cloud.cfg.d/90-vmbuild.cfg", _CLOUD_CFG)
+        _replace(files, "/etc/default/locale", "LANG=C.UTF-8\n")
         # Empty, not absent: systemd then makes one at first boot and treats the boot
         # as the first. dbus's copy must not be a regular file, or systemd copies it
         # into every clone: a link to /etc/machine-id, as Debian's dbus package makes.
         # Made even though minbase has no dbus: a later `apt install dbus` keeps it,
         # and vmbuild's machine-id step expects /var/lib/dbus to be there.
-        g.write("/etc/machine-id", "", mode=0o444)
-        g.call("making /var/lib/dbus", h.mkdir_p, "/var/lib/dbus")
-        g.call("removing dbus's machine-id", h.rm_f, "/var/lib/dbus/machine-id")
-        g.call("linking dbus's machine-id", h.ln_s, "/etc/machine-id", "/var/lib/dbus/machine-id")
-        for leftover in g.call("listing SSH host keys", h.glob_expand, "/etc/ssh/ssh_host_*"):
-            g.call(f"removing {leftover}", h.rm_f, leftover)
-
-        g.sh("enabling the serial getty", "systemctl enable serial-getty@ttyS0.service")
-        if not g.call(
-            "looking for qemu-guest-agent's udev rule",
-            h.is_file,
-            "/usr/lib/udev/rules.d/60-qemu-guest-agent.rules",
-        ):
+        _replace(files, "/etc/machine-id", "", mode=0o444)
+        files.resolve_folder("/var/lib/dbus", create=True)
+        files.remove("/var/lib/dbus/machine-id")
+        files.symlink("/var/lib/dbus/machine-id", "/etc/machine-id")
+        files.remove_all(files.glob("/etc/ssh/ssh_host_*"))
+        if files.kind("/usr/lib/udev/rules.d/60-qemu-guest-agent.rules") != "file":
             raise BuildError(
                 "qemu-guest-agent's udev rule is missing: nothing would start the agent"
             )
+
+        _sh(app, "enabling the serial getty", "systemctl enable serial-getty@ttyS0.service")
         # Where grub-pc's postinst reinstalls GRUB when a VM upgrades it: vmbuild's
         # default disk bus is virtio, so /dev/vda (a clone on another bus asks).
-        g.sh(
+        _sh(
+            app,
             "telling debconf where GRUB lives",
             "echo 'grub-pc grub-pc/install_devices multiselect /dev/vda' | debconf-set-selections",
         )
 
-        g.call("syncing", h.sync)
-        g.call("unmounting", h.umount_all)
-        g.call("shutting the appliance down", h.shutdown)
+        app.call("syncing", h.sync)
+        app.call("unmounting", h.umount_all)
+        app.call("shutting the appliance down", h.shutdown)
     progress("  installing GRUB and writing grub.cfg")
     _install_boot(image, uuid, progress)
 
@@ -744,24 +548,24 @@ def _build(recipe: GoldenRecipe, image: Path, progress: Progress) -> tuple[Path,
     work = Path(tempfile.mkdtemp(prefix=f".build-{image.stem}-", dir=image.parent))
     try:
         tree = work / "root"
-        with _step(
-            progress,
-            f"debootstrap {recipe.release} (minbase and {len(recipe.all_packages())} packages)",
-            timings,
-            "debootstrap",
-        ):
+        packages = len(recipe.all_packages())
+        with step(f"debootstrap {recipe.release} (minbase and {packages} packages)") as took:
             _debootstrap(recipe, tree, work / "debootstrap.log", progress)
-        with _step(progress, "rebuilding the initramfs", timings, "initramfs"):
+        timings["debootstrap"] = took.seconds
+        with step("rebuilding the initramfs") as took:
             _initramfs(tree)
-        with _step(progress, "packing the tree", timings, "tar"):
+        timings["initramfs"] = took.seconds
+        with step("packing the tree") as took:
             tarball = work / "root.tar"
             _tarball(tree, tarball)
             _remove_tree(tree, progress)
+        timings["tar"] = took.seconds
         partial = work / "disk.qcow2"
-        with _step(progress, f"making the disk ({recipe.size >> 20} MiB)", timings, "disk"):
+        with step(f"making the disk ({recipe.size >> 20} MiB)") as took:
             _make_disk(recipe, partial, tarball, progress)
             qemuimg.check(partial, "qcow2")
-        with _step(progress, "publishing", timings, "publish"):
+        timings["disk"] = took.seconds
+        with step("publishing"):
             sha = file_digest(partial)
             info = qemuimg.info(partial, "qcow2")
             record = {
@@ -775,8 +579,8 @@ def _build(recipe: GoldenRecipe, image: Path, progress: Progress) -> tuple[Path,
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "timings": {key: round(value, 1) for key, value in timings.items()},
             }
-            write_atomic(_sidecar(image, ".json"), (json.dumps(record, indent=2) + "\n").encode())
-            write_atomic(_sidecar(image, ".sha256"), f"{sha}  {image.name}\n".encode())
+            write_atomic(sidecar(image, ".json"), (json.dumps(record, indent=2) + "\n").encode())
+            write_atomic(sidecar(image, ".sha256"), f"{sha}  {image.name}\n".encode())
             os.chmod(partial, 0o644)
             os.replace(partial, image)
     finally:
@@ -789,10 +593,9 @@ def _build(recipe: GoldenRecipe, image: Path, progress: Progress) -> tuple[Path,
 
 
 __all__ = [
-    "BASE_PACKAGES",
-    "GoldenRecipe",
     "build_golden",
-    "cached_golden",
-    "golden_path",
-    "host_mirror",
+    "debootstrap_path",
+    "debootstrap_releases",
+    "debootstrap_scripts",
+    "release_problem",
 ]

@@ -1,6 +1,7 @@
 """The guest side: one libguestfs appliance for many disks (``appliance``), what a
-golden image holds (``inspect``), and disk edits as data (``diskops``, the operation
-types of the plugin API).
+golden image holds (``inspect``), file access inside a guest that never follows a
+link (``files``), and disk edits as data (``diskops``, the operation types of the
+plugin API, and the runner that applies them through ``files``).
 
 A guest filesystem is only ever touched through the appliance, never mounted on the
 host, and no path inside it is followed through a link. This layer may import

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from vmbuild.errors import BuildError
+from vmbuild.errors import BuildError, ImageLockedError
 from vmbuild.host import qemuimg
 from vmbuild.host.space import free_space_problem
 from vmbuild.log import detail
@@ -275,13 +275,14 @@ class Appliance:
         # under TCG.
         self._devices = [device_name(index) for index in range(len(self.drives))]
 
-    def _launch_failure(self, what: str, err: ApplianceError) -> ApplianceError:
+    def _launch_failure(self, what: str, err: ApplianceError) -> BuildError:
         """The cause of a failed launch, where vmbuild can tell it: libguestfs says only
         that QEMU exited, also when a drive is locked by a running VM."""
         for path, fmt in zip(self.drives, self._formats, strict=True):
             if qemuimg.is_locked(path, fmt):
-                return ApplianceError(
+                return ImageLockedError(
                     f"{what}: {path} is locked: a running VM (or another program) is using it",
+                    path=path,
                     hint="shut that VM down and build again; a golden image must not "
                     "change under its clones",
                 )

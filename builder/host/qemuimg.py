@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmbuild.errors import BuildError
+from vmbuild.errors import BuildError, ImageLockedError
 from vmbuild.log import detail
 from vmbuild.model.profile import DiskFormat
 
@@ -104,11 +104,18 @@ def _call(args: list[str], what: str, timeout: float) -> subprocess.CompletedPro
         raise QemuImgError(what, f"qemu-img did not finish within {timeout:.0f}s") from None
 
 
-def _failure(what: str, result: subprocess.CompletedProcess[str]) -> QemuImgError:
+def _failure(what: str, result: subprocess.CompletedProcess[str]) -> BuildError:
     text = result.stderr.strip() or result.stdout.strip()
     lines = _output_lines(text)
     _show_in_detail(lines)
+    if _is_lock_failure(text):
+        return ImageLockedError(f"{what}: {_summary(lines, result.returncode)}")
     return QemuImgError(what, _summary(lines, result.returncode), text)
+
+
+def _is_lock_failure(text: str) -> bool:
+    """qemu-img's words for an image another process holds (QEMU's image locking)."""
+    return "lock" in text and ("Failed to get" in text or "is locked" in text)
 
 
 def run(args: list[str], what: str, timeout: float = TIMEOUT) -> str:
@@ -119,18 +126,15 @@ def run(args: list[str], what: str, timeout: float = TIMEOUT) -> str:
     return result.stdout
 
 
-def is_lock_error(error: BuildError) -> bool:
-    text = error.output if isinstance(error, QemuImgError) else error.message
-    return "lock" in text and ("Failed to get" in text or "is locked" in text)
-
-
 def is_locked(path: Path, fmt: DiskFormat | str) -> bool:
     """Whether a running QEMU holds the image's lock: ``info`` without ``-U`` fails
     on such an image (and only then, of the ways it can fail, with a lock error)."""
     try:
         info(path, fmt)
-    except BuildError as err:
-        return is_lock_error(err)
+    except ImageLockedError:
+        return True
+    except BuildError:
+        return False
     return False
 
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmbuild.errors import UserError
+from vmbuild.errors import BuildError, UserError
 
 #: How long one virsh call may take before it counts as failed.
 VIRSH_TIMEOUT = 60.0
 
 
-class VirshError(Exception):
+class VirshError(BuildError):
     """A virsh call failed; the message is virsh's own, without its ``error:``."""
 
 

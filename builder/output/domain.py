@@ -42,16 +42,16 @@ def check_domain(vm: VmPlan, domain: ET.Element) -> None:
     """What virt-xml-validate does not catch but libvirt or the lab would trip on."""
     where = f'vm "{vm.name}": domain XML'
     if domain.tag != "domain":
-        raise BuildError(f"{where}: the root element is <{domain.tag}>, not <domain>")
+        raise BuildError(f"the root element is <{domain.tag}>, not <domain>", place=where)
     name = domain.findtext("name") or ""
     if not name or "/" in name:
-        raise BuildError(f"{where}: name {name!r} is empty or contains '/'")
+        raise BuildError(f"name {name!r} is empty or contains '/'", place=where)
     for graphics in domain.iter("graphics"):
         if graphics.get("port") not in (None, "-1") and graphics.get("autoport") == "yes":
-            raise BuildError(f"{where}: graphics has a fixed port and autoport='yes'")
+            raise BuildError("graphics has a fixed port and autoport='yes'", place=where)
     macs = [mac.get("address", "").lower() for mac in domain.iter("mac")]
     if len(macs) != len(set(macs)):
-        raise BuildError(f"{where}: a MAC address is used twice")
+        raise BuildError("a MAC address is used twice", place=where)
 
 
 def domain_xml(

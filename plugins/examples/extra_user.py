@@ -16,6 +16,6 @@ KEYS = (
 @hookimpl
 def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation]:
     return [
-        EnsureUser(f"Adding the user {USER}", user=USER, sudo=False),
-        AuthorizedKeys(f"Setting {len(KEYS)} authorized SSH keys for {USER}", user=USER, keys=KEYS),
+        EnsureUser(user=USER, sudo=False),
+        AuthorizedKeys(user=USER, keys=KEYS),
     ]

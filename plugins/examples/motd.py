@@ -14,4 +14,4 @@ def motd(lab: Plan, vm: VmPlan) -> str:
 
 @hookimpl
 def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Operation]:
-    return [WriteFile("Writing /etc/motd", path="/etc/motd", content=motd(lab, vm))]
+    return [WriteFile(path="/etc/motd", content=motd(lab, vm))]

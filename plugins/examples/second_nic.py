@@ -84,12 +84,10 @@ def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Op
     nic = _nic(vm)
     return [
         WriteFile(
-            f"Naming the NIC with MAC {nic['mac']} {IFACE}",
             path=f"/etc/systemd/network/10-vmbuild-{IFACE}.link",
             content=f"[Match]\nMACAddress={nic['mac']}\n\n[Link]\nName={IFACE}\n",
         ),
         WriteFile(
-            f"Writing /etc/network/interfaces.d/{IFACE}: {nic['ip']} on {IFACE}",
             path=f"/etc/network/interfaces.d/{IFACE}",
             content=f"auto {IFACE}\niface {IFACE} inet static\n    address {nic['ip']}\n",
         ),

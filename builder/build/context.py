@@ -1,0 +1,90 @@
+"""What the stages of a build share: the bundle being replaced, and one frozen
+context fixed before the first disk is touched."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vmbuild.build.base import BaseImage
+from vmbuild.build.decide import Decision
+from vmbuild.model.facts import GuestFacts
+from vmbuild.model.plan import Plan, VmPlan
+from vmbuild.output.bundle import MANIFEST
+
+if TYPE_CHECKING:
+    from vmbuild.build.customize import Planned
+    from vmbuild.plugins.manager import Plugins
+
+#: The manifest's layout; a bundle with another is rebuilt whole.
+MANIFEST_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the bundle being replaced says about itself."""
+
+    manifest: dict[str, Any]
+    guest: GuestFacts | None
+
+    def vm(self, name: str) -> dict[str, Any] | None:
+        vms: dict[str, Any] = self.manifest.get("vms", {})
+        return vms.get(name)
+
+    def base_known(self) -> tuple[str, str] | None:
+        """(stat key, sha256) of the golden image the previous build checked."""
+        base = self.manifest.get("base", {})
+        if "stat_key" in base and "sha256" in base:
+            return str(base["stat_key"]), str(base["sha256"])
+        return None
+
+
+def read_previous(final: Path) -> Previous | None:
+    """The bundle at ``final`` as its manifest and plan.json describe it, or None
+    when there is none this version of vmbuild can read."""
+    try:
+        manifest = json.loads((final / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    guest = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        guest = Plan.from_json((final / "plan.json").read_text()).guest
+    return Previous(manifest, guest)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a stage needs to know, decided before any disk is written."""
+
+    plan: Plan
+    plugins: Plugins
+    #: The output folder, and the bundle in it that this build replaces or creates.
+    output: Path
+    final: Path
+    previous: Previous | None
+    base: BaseImage
+    decision: Decision
+    #: Each VM's ``disk_inputs``, and the lab's ``hosts_inputs``.
+    inputs: Mapping[str, str]
+    hosts: str
+    #: Each VM's seed ISO and domain XML, as bytes.
+    seeds: Mapping[str, bytes]
+    xmls: Mapping[str, bytes]
+    #: The disks of the current bundle that this build replaces, removes or copies,
+    #: with what it does to each (see ``libvirt.inuse.refuse_running``).
+    touched: tuple[dict[str, str], dict[str, tuple[Path, str]]]
+    #: The plan with its disk operations, when no disk needs the appliance and the
+    #: previous build recorded the golden image's facts; otherwise the identity
+    #: stage plans them right after it inspects the golden image.
+    recorded: Planned | None
+
+    def vms(self, names: tuple[str, ...]) -> list[VmPlan]:
+        """The plan's VMs of ``names``, in the plan's order."""
+        chosen = set(names)
+        return [vm for vm in self.plan.vms if vm.name in chosen]
