@@ -228,6 +228,8 @@ class HostKeys(Operation):
 
 @dataclass(frozen=True)
 class AuthorizedKeys(Operation):
+    """Replace a user's ~/.ssh/authorized_keys with ``keys``, owned by the user."""
+
     user: str = "root"
     keys: tuple[str, ...] = ()
     kind: ClassVar[str] = "authorized-keys"

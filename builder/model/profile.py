@@ -28,11 +28,15 @@ E = TypeVar("E", bound=enum.Enum)
 
 
 class DomainType(enum.StrEnum):
+    """libvirt's domain type (lab.domain_type): kvm needs working KVM; qemu is TCG."""
+
     KVM = "kvm"
     QEMU = "qemu"
 
 
 class DiskMode(enum.StrEnum):
+    """How a VM's disk is made from the golden image (disk_mode)."""
+
     #: A qcow2 file holding only this VM's changes, backed by the golden image.
     OVERLAY = "overlay"
     #: A full, independent (sparse) copy of the golden image.
@@ -40,11 +44,15 @@ class DiskMode(enum.StrEnum):
 
 
 class DiskFormat(enum.StrEnum):
+    """A disk image format, as qemu-img and libvirt name it."""
+
     QCOW2 = "qcow2"
     RAW = "raw"
 
 
 class Bus(enum.StrEnum):
+    """The bus a VM's disk is attached to (disk_bus)."""
+
     VIRTIO = "virtio"
     IDE = "ide"
     SATA = "sata"
@@ -52,6 +60,8 @@ class Bus(enum.StrEnum):
 
 
 class SeedBus(enum.StrEnum):
+    """How the NoCloud seed is attached (seed_bus): a CD-ROM on a bus, or a disk."""
+
     #: IDE on the ``pc`` machine type, virtio-scsi on ``q35`` (which has no IDE).
     AUTO = "auto"
     IDE = "ide"
@@ -62,11 +72,15 @@ class SeedBus(enum.StrEnum):
 
 
 class Machine(enum.StrEnum):
+    """QEMU's machine type (machine): i440FX or Q35."""
+
     PC = "pc"
     Q35 = "q35"
 
 
 class NetType(enum.StrEnum):
+    """What a VM's NIC is attached to (network.type)."""
+
     #: A host bridge such as br0.
     BRIDGE = "bridge"
     #: A libvirt network such as "default".
