@@ -64,8 +64,7 @@ class BuildContext:
 
     plan: Plan
     plugins: Plugins
-    #: The output folder, and the bundle in it that this build replaces or creates.
-    output: Path
+    #: The bundle this build replaces or creates, in the output folder.
     final: Path
     previous: Previous | None
     base: BaseImage
@@ -83,6 +82,11 @@ class BuildContext:
     #: previous build recorded the golden image's facts; otherwise the identity
     #: stage plans them right after it inspects the golden image.
     recorded: Planned | None
+
+    @property
+    def output(self) -> Path:
+        """The output folder the bundle, its lock and its staging folder are in."""
+        return self.final.parent
 
     def vms(self, names: tuple[str, ...]) -> list[VmPlan]:
         """The plan's VMs of ``names``, in the plan's order."""

@@ -32,6 +32,7 @@ def lab_files(
     ``stage`` is the staging folder the disks were written to, or None when the lab
     is being compared with the bundle as it is."""
     plan, final = ctx.plan, ctx.final
+    host_keys = _host_keys(ctx, new_keys)
     files: dict[str, bytes] = {
         "plan.json": planned.plan.to_json().encode(),
         "define.sh": render("define.sh.j2", lab=plan, root=str(final)).encode(),
@@ -40,7 +41,7 @@ def lab_files(
             if plan.network.create
             else {}
         ),
-        **ctx.plugins.bundle_files(planned.plan, str(final), _host_keys(ctx, new_keys)),
+        **ctx.plugins.bundle_files(planned.plan, str(final), host_keys),
     }
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     for vm in plan.vms:
@@ -51,7 +52,7 @@ def lab_files(
             if stage is not None
             else _recorded(ctx, vm.name).get("artifacts", {}).get("disk", {}).get("sha256", "")
         )
-    files[MANIFEST] = _manifest(ctx, planned, _host_keys(ctx, new_keys), digests)
+    files[MANIFEST] = _manifest(ctx, planned, host_keys, digests)
     digests[MANIFEST] = hashlib.sha256(files[MANIFEST]).hexdigest()
     root = final if stage is None else stage
     digests.update(

@@ -109,7 +109,6 @@ def plan_build(
     return BuildContext(
         plan=plan,
         plugins=plugins,
-        output=final.parent,
         final=final,
         previous=previous,
         base=base,
