@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import stat
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -129,23 +131,95 @@ def reporting(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _load(profile: Path, overrides: list[str] | None, base: Path | None) -> Profile:
-    return load_profile(profile, overrides or (), base)
+def _adding_options(
+    options: dict[str, tuple[Any, Any]],
+    prepare: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[F], F]:
+    """Give a command typer options that it does not declare itself.
+
+    ``options`` maps each added parameter to its annotation and default (``...``
+    for a required one). The wrapper takes their values off the call and hands
+    them to ``prepare``, whose result (keyword arguments, which replace the
+    command's own parameters of those names) goes to the command.
+    """
+
+    def decorate(command: F) -> F:
+        hints = typing.get_type_hints(command, include_extras=True)
+        signature = inspect.signature(command)
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if default is ... else default,
+                annotation=hint,
+            )
+            for name, (hint, default) in options.items()
+        ]
+        replaced = {p.name for p in added}
+        required = [p for p in added if p.default is inspect.Parameter.empty]
+        optional = [p for p in added if p.default is not inspect.Parameter.empty]
+        own = [
+            p.replace(
+                kind=inspect.Parameter.KEYWORD_ONLY,
+                annotation=hints[p.name] if isinstance(p.annotation, str) else p.annotation,
+            )
+            for p in signature.parameters.values()
+            if p.name not in replaced
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in options if name in kwargs}
+            return command(**kwargs, **prepare(values))
+
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*required, *own, *optional], return_annotation=None
+        )
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def log_options(*, quiet: bool = False) -> Callable[[F], F]:
+    """The shared -v (and, with ``quiet``, -q): the verbosity is set before the
+    command runs, and before `reporting` reads it on a failure."""
+
+    def set_verbosity(values: dict[str, Any]) -> dict[str, Any]:
+        log.set_verbosity(0 if values.get("quiet") else 1 + values["verbose"])
+        return {}
+
+    options: dict[str, tuple[Any, Any]] = {"verbose": (VerboseOpt, 0)}
+    if quiet:
+        options["quiet"] = (QuietOpt, False)
+    return _adding_options(options, set_verbosity)
+
+
+def profile_options(*, base: bool = True) -> Callable[[F], F]:
+    """The shared PROFILE argument, --set and (with ``base``) --base: the command
+    receives the loaded `Profile` as its ``profile`` parameter."""
+
+    def load(values: dict[str, Any]) -> dict[str, Any]:
+        overrides = values["overrides"] or ()
+        return {"profile": load_profile(values["profile"], overrides, values.get("base"))}
+
+    options: dict[str, tuple[Any, Any]] = {"profile": (ProfileArg, ...)}
+    if base:
+        options["base"] = (BaseOpt, None)
+    options["overrides"] = (SetOpt, None)
+    return _adding_options(options, load)
 
 
 @app.command()
 @reporting
+@log_options(quiet=True)
+@profile_options()
 def build(
-    profile: ProfileArg,
+    profile: Profile,
     output: Annotated[
         Path,
         typer.Option("--output", "-o", metavar="DIR", help="Where bundles go: DIR/<lab>/."),
     ] = Path("output"),
-    base: BaseOpt = None,
-    overrides: SetOpt = None,
     as_json: JsonOpt = False,
-    verbose: VerboseOpt = 0,
-    quiet: QuietOpt = False,
     force: Annotated[
         bool,
         typer.Option("--force", help="Rebuild every disk, even those whose inputs are unchanged."),
@@ -160,12 +234,10 @@ def build(
     from vmbuild.build.pipeline import build as run_build
     from vmbuild.plugins.manager import load_plugins
 
-    log.set_verbosity(0 if quiet else 1 + verbose)
-    loaded = _load(profile, overrides, base)
-    plugins = load_plugins(loaded)
-    plan = make_plan(loaded, plugins)
-    result = run_build(plan, plugins, output, source=loaded.path, force=force)
-    if not quiet:
+    plugins = load_plugins(profile)
+    plan = make_plan(profile, plugins)
+    result = run_build(plan, plugins, output, source=profile.path, force=force)
+    if log.verbosity() > 0:
         _warn_unreachable(result.bundle, result.manifest)
     if as_json:
         print(json.dumps(result.manifest, indent=2))
@@ -207,15 +279,14 @@ def _warn_unreachable(bundle: Path, manifest: dict[str, Any]) -> None:
 
 @app.command()
 @reporting
+@log_options()
+@profile_options()
 def validate(
-    profile: ProfileArg,
-    base: BaseOpt = None,
-    overrides: SetOpt = None,
+    profile: Profile,
     no_base: Annotated[
         bool,
         typer.Option("--no-base", help="Skip the checks that read the golden image."),
     ] = False,
-    verbose: VerboseOpt = 0,
 ) -> None:
     """Check a profile and its golden image without building anything.
 
@@ -225,20 +296,18 @@ def validate(
     from vmbuild.build.base import inspect_base
     from vmbuild.plugins.manager import load_plugins
 
-    log.set_verbosity(1 + verbose)
-    loaded = _load(profile, overrides, base)
-    plan = make_plan(loaded, load_plugins(loaded))
+    plan = make_plan(profile, load_plugins(profile))
     if not no_base:
-        inspect_base(plan, loaded.path)
-    log.info(f"{profile}: OK, lab {plan.lab!r} with {len(plan.vms)} VMs")
+        inspect_base(plan, profile.path)
+    log.info(f"{profile.path}: OK, lab {plan.lab!r} with {len(plan.vms)} VMs")
 
 
 @app.command("plan")
 @reporting
+@log_options()
+@profile_options()
 def plan_command(
-    profile: ProfileArg,
-    base: BaseOpt = None,
-    overrides: SetOpt = None,
+    profile: Profile,
     as_json: JsonOpt = False,
     inspect: Annotated[
         bool,
@@ -248,7 +317,6 @@ def plan_command(
             "VM's disk operations.",
         ),
     ] = False,
-    verbose: VerboseOpt = 0,
 ) -> None:
     """Show what a build would make: each VM's identity, devices and files.
 
@@ -258,15 +326,13 @@ def plan_command(
     """
     from vmbuild.plugins.manager import load_plugins
 
-    log.set_verbosity(1 + verbose)
-    loaded = _load(profile, overrides, base)
-    plugins = load_plugins(loaded)
-    plan = make_plan(loaded, plugins)
+    plugins = load_plugins(profile)
+    plan = make_plan(profile, plugins)
     if inspect:
         from vmbuild.build.base import inspect_base
         from vmbuild.build.customize import inspect_only, plan_operations
 
-        golden_base = inspect_base(plan, loaded.path)
+        golden_base = inspect_base(plan, profile.path)
         if not golden_base.built:
             raise UserError(
                 "the golden image is not built yet, so it cannot be inspected",
@@ -282,11 +348,11 @@ def plan_command(
 
 @app.command("plugins")
 @reporting
+@log_options()
+@profile_options(base=False)
 def plugins_command(
-    profile: ProfileArg,
-    overrides: SetOpt = None,
+    profile: Profile,
     as_json: JsonOpt = False,
-    verbose: VerboseOpt = 0,
 ) -> None:
     """List the plugins a build of this lab loads, in the order they are registered.
 
@@ -300,9 +366,7 @@ def plugins_command(
     """
     from vmbuild.plugins.manager import load_plugins
 
-    log.set_verbosity(1 + verbose)
-    loaded = _load(profile, overrides, None)
-    plugins = load_plugins(loaded, check=False)
+    plugins = load_plugins(profile, check=False)
     if as_json:
         print(json.dumps([info.to_data() for info in plugins.infos], indent=2))
         return

@@ -97,6 +97,23 @@ def test_command_help(run_cli: RunCli, command: str, summary: str, options: list
     assert "--set lab.domain_type=qemu" in " ".join(result.out.split())
 
 
+@pytest.mark.parametrize("command", ["build", "validate", "plan", "plugins"])
+def test_shared_log_options(run_cli: RunCli, command: str) -> None:
+    """-v is declared once for the commands that log; only build has -q."""
+    out = run_cli(command, "--help").out
+    assert "-v, --verbose" in out
+    assert ("-q, --quiet" in out) == (command == "build")
+    assert "--as-json" not in out and "--no-quiet" not in out
+
+
+def test_shared_log_options_are_accepted_after_the_profile(run_cli: RunCli, profile: Path) -> None:
+    """-q and -v go anywhere on the line, and neither silences an error."""
+    for flags in (["-q"], ["-v", "-v"]):
+        result = run_cli("build", profile, "--set", "lab.name=bad name", *flags)
+        assert result.code == 2
+        assert 'name "bad name" is not a valid name' in result.err
+
+
 def test_version(run_cli: RunCli) -> None:
     result = run_cli("--version")
     assert (result.code, result.out) == (0, f"vmbuild {__version__}\n")
