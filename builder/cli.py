@@ -72,6 +72,18 @@ BaseOpt = Annotated[
         show_default=False,
     ),
 ]
+BundleArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="BUNDLE",
+        help="A built lab's folder (OUTPUT/<lab>), with its manifest.json.",
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    Path,
+    typer.Option("--output", "-o", metavar="DIR", help="Where bundles go: DIR/<lab>/."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 VerboseOpt = Annotated[
     int,
@@ -215,10 +227,7 @@ def profile_options(*, base: bool = True) -> Callable[[F], F]:
 @profile_options()
 def build(
     profile: Profile,
-    output: Annotated[
-        Path,
-        typer.Option("--output", "-o", metavar="DIR", help="Where bundles go: DIR/<lab>/."),
-    ] = Path("output"),
+    output: OutputOpt = Path("output"),
     as_json: JsonOpt = False,
     force: Annotated[
         bool,
@@ -458,14 +467,7 @@ def doctor(
 @app.command()
 @reporting
 def check(
-    bundle: Annotated[
-        Path,
-        typer.Argument(
-            metavar="BUNDLE",
-            help="A built lab's folder (OUTPUT/<lab>), with its manifest.json.",
-            show_default=False,
-        ),
-    ],
+    bundle: BundleArg,
     connect: Annotated[
         str | None,
         typer.Option(
@@ -511,6 +513,130 @@ def check(
         print(table(reports))
     if not ok:
         raise typer.Exit(int(ExitCode.MISMATCH))
+
+
+ArtifactArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="ARTIFACT",
+        help="An OCI layout folder, DIR or DIR:TAG (TAG may be left out when DIR holds one lab).",
+        show_default=False,
+    ),
+]
+AllowedSignersOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--allowed-signers",
+        metavar="FILE",
+        help="Who may sign labs, in ssh-keygen's allowed_signers format (default: "
+        "$VMBUILD_ALLOWED_SIGNERS, else ~/.config/vmbuild/allowed_signers).",
+        show_default=False,
+    ),
+]
+AllowUnsignedOpt = Annotated[
+    bool,
+    typer.Option("--allow-unsigned", help="Accept a lab that carries no signature."),
+]
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+def pack(
+    bundle: BundleArg,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="DIR", help="The OCI layout to write (created, or added to)."
+        ),
+    ],
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag", "-t", metavar="TAG", help="The tag in DIR (default: the lab's name)."
+        ),
+    ] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign",
+            metavar="KEY",
+            help="Sign the lab with this SSH key (ssh-keygen -Y sign; a public key "
+            "whose private half ssh-agent holds will do).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pack a built bundle into an OCI image layout, optionally signed.
+
+    The golden image is stored once, in zstd pieces of at most 256 MiB, and shared
+    by every lab packed into the same DIR; each VM's disk, seed and domain XML and
+    the lab's files are blobs of the lab's manifest. DIR can be copied as it is,
+    read by OCI tools (skopeo inspect --raw oci:DIR:TAG) and pushed with
+    `vmbuild push`. The same bundle always packs to the same bytes. See
+    docs/artifact.md.
+    """
+    from vmbuild.artifact.pack import pack as run_pack
+
+    result = run_pack(bundle, out, tag=tag, sign_key=sign_key)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"{result.layout}:{result.tag}")
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+def verify(
+    artifact: ArtifactArg,
+    allowed_signers: AllowedSignersOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a packed lab: its signature, every blob and every disk, reassembled.
+
+    The lab manifest's signature must be by a key that the allowed signers file
+    allows (namespace vmbuild-lab); every blob's digest and size, every piece's
+    sha256 once decompressed, every VM's disk and the golden image's sha256 must
+    be those the signed manifests record. Exits 2 naming the blob and what it
+    belongs to when anything differs.
+    """
+    from vmbuild.artifact.verify import verify as run_verify
+
+    result = run_verify(artifact, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+def unpack(
+    artifact: ArtifactArg,
+    output: OutputOpt = Path("output"),
+    allowed_signers: AllowedSignersOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a packed lab, then lay it out as a bundle at OUTPUT/<lab>.
+
+    The golden image goes into vmbuild's golden cache (once, however many labs use
+    it); the overlays, domain XML, define.sh and inventory are pointed at the new
+    paths, and the bundle is published in one step, like a build's: `sh
+    OUTPUT/<lab>/define.sh`, `vmbuild check` and the next `vmbuild build` of the
+    lab's profile treat it as their own. Prints the bundle's path.
+    """
+    from vmbuild.artifact.unpack import unpack as run_unpack
+
+    result = run_unpack(
+        artifact, output, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned
+    )
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.bundle)
 
 
 def _print_plan(plan: Plan) -> None:

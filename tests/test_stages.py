@@ -14,7 +14,7 @@ import pytest
 from labs import write_lab
 from vmbuild.build import pipeline, stages
 from vmbuild.build.base import BaseImage
-from vmbuild.build.decide import Decision, decide, disk_inputs, hosts_inputs
+from vmbuild.build.decide import Decision, decide, disk_inputs, hosts_inputs, same_backing
 from vmbuild.model.plan import make_plan
 from vmbuild.model.profile import DiskFormat, parse_profile
 
@@ -106,21 +106,27 @@ BASE = BaseImage(Path("/images/golden.qcow2"), DiskFormat.QCOW2, 2 << 30, 1 << 2
 def test_disk_inputs_ignore_what_is_not_on_the_disk() -> None:
     plan = _plan()
     more = _plan(PROFILE.replace('name = "web"', 'name = "web"\nmemory = "4G"\nvcpus = 4'))
-    final = Path("/out/t")
-    assert disk_inputs(plan, plan.vms[0], BASE, final, []) == disk_inputs(
-        more, more.vms[0], BASE, final, []
-    )
+    assert disk_inputs(plan, plan.vms[0], BASE, []) == disk_inputs(more, more.vms[0], BASE, [])
 
 
 def test_disk_inputs_follow_the_golden_image_the_vm_and_the_plugins() -> None:
     plan = _plan()
-    final = Path("/out/t")
     web, db = plan.vms
-    first = disk_inputs(plan, web, BASE, final, [])
-    assert first != disk_inputs(plan, db, BASE, final, [])
-    assert first != disk_inputs(plan, web, dataclasses.replace(BASE, sha256="t" * 64), final, [])
-    assert first != disk_inputs(plan, web, BASE, Path("/srv/labs/t"), [])  # overlay path
-    assert first != disk_inputs(plan, web, BASE, final, [{"name": "motd"}])
+    first = disk_inputs(plan, web, BASE, [])
+    assert first != disk_inputs(plan, db, BASE, [])
+    assert first != disk_inputs(plan, web, dataclasses.replace(BASE, sha256="t" * 64), [])
+    assert first != disk_inputs(plan, web, BASE, [{"name": "motd"}])
+
+
+def test_disks_are_kept_only_while_their_overlays_find_the_golden_image() -> None:
+    """Overlays name the golden image relative to their folder: the bundle and the
+    image may move together (an unpacked bundle), not apart."""
+    built = {"root": "/out/t", "base": {"path": "/images/golden.qcow2"}}
+    assert same_backing(built, Path("/images/golden.qcow2"), Path("/out/t"))
+    assert same_backing(built, Path("/srv/images/golden.qcow2"), Path("/srv/out/t"))
+    assert not same_backing(built, Path("/images/golden.qcow2"), Path("/srv/labs/t"))
+    assert not same_backing(built, Path("/images/other.qcow2"), Path("/out/t"))
+    assert not same_backing({}, Path("/images/golden.qcow2"), Path("/out/t"))
 
 
 def test_the_hosts_table_changes_when_a_vm_is_added() -> None:

@@ -16,7 +16,7 @@ from vmbuild.errors import BuildError, ImageLockedError, Problem, ProfileError
 from vmbuild.golden import builder as golden
 from vmbuild.golden.recipe import GoldenRecipe, golden_path
 from vmbuild.host import qemuimg
-from vmbuild.host.files import file_digest
+from vmbuild.host.files import file_digest, stat_key
 from vmbuild.model.plan import Plan
 from vmbuild.model.profile import Base, DiskFormat, format_size
 
@@ -35,11 +35,6 @@ class BaseImage:
     #: built yet: ``vmbuild validate`` checks what it can without the file (its
     #: virtual size is the recipe's), and ``vmbuild build`` builds it first.
     built: bool = True
-
-
-def stat_key(path: Path) -> str:
-    info = path.stat()
-    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 def _looks_like_qcow2(path: Path) -> bool:

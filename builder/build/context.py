@@ -14,14 +14,11 @@ from vmbuild.build.base import BaseImage
 from vmbuild.build.decide import Decision
 from vmbuild.model.facts import GuestFacts
 from vmbuild.model.plan import Plan, VmPlan
-from vmbuild.output.bundle import MANIFEST
+from vmbuild.output.bundle import MANIFEST, MANIFEST_FORMAT
 
 if TYPE_CHECKING:
     from vmbuild.build.customize import Planned
     from vmbuild.plugins.manager import Plugins
-
-#: The manifest's layout; a bundle with another is rebuilt whole.
-MANIFEST_FORMAT = 2
 
 
 @dataclass(frozen=True)

@@ -84,10 +84,10 @@ def decide(
     return Decision(tuple(keep), tuple(refresh), tuple(make))
 
 
-def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: list[Any]) -> str:
-    """The digest of what a VM's disk is made from, except the lab's hosts table. The
-    golden image counts by its content and by its path as an overlay names it,
-    relative to the VM's folder in the bundle ``final``."""
+def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, plugins: list[Any]) -> str:
+    """The digest of what a VM's disk is made from, except the lab's hosts table and
+    where the golden image lies (see ``same_backing``). The golden image counts by
+    its content."""
     data = to_data(vm)
     for key in _NOT_ON_THE_DISK:
         data.pop(key, None)
@@ -95,12 +95,23 @@ def disk_inputs(lab: Plan, vm: VmPlan, base: BaseImage, final: Path, plugins: li
         {
             "generator": __version__,
             "plugins": plugins,
-            "base": [base.sha256, base.format.value, os.path.relpath(base.path, final / vm.folder)],
+            "base": [base.sha256, base.format.value],
             "network": to_data(lab.network),
             "seed": lab.seed,
             "vm": data,
         }
     )
+
+
+def same_backing(previous: Mapping[str, Any], base: Path, final: Path) -> bool:
+    """Whether the previous bundle's overlays still find the golden image ``base``
+    from ``final``: they name it by a path relative to their folder, so the bundle
+    and the golden image must lie as they did (an unpacked or rebuilt bundle records
+    where it is, ``root``, and where its golden image is, ``base.path``)."""
+    root, image = previous.get("root"), previous.get("base", {}).get("path")
+    if not isinstance(root, str) or not isinstance(image, str):
+        return False
+    return os.path.relpath(image, root) == os.path.relpath(base, final)
 
 
 def hosts_inputs(lab: Plan) -> str:

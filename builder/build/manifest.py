@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from vmbuild import __version__
-from vmbuild.build.context import MANIFEST_FORMAT, BuildContext
+from vmbuild.build.context import BuildContext
 from vmbuild.build.customize import Planned
 from vmbuild.host.files import file_digest
-from vmbuild.output.bundle import MANIFEST, SUMS, sums_text, tree_files
+from vmbuild.output.bundle import MANIFEST, MANIFEST_FORMAT, SUMS, sums_text, tree_files
 from vmbuild.output.render import render
 
 

@@ -18,15 +18,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from vmbuild.build.base import BaseImage, golden_recipe, inspect_base, stat_key
+from vmbuild.build.base import BaseImage, golden_recipe, inspect_base
 from vmbuild.build.context import BuildContext, Previous
 from vmbuild.build.customize import Edit, Planned, customize, inspect_only, plan_operations
-from vmbuild.build.decide import decide, disk_inputs, hosts_inputs
+from vmbuild.build.decide import decide, disk_inputs, hosts_inputs, same_backing
 from vmbuild.build.manifest import lab_files
 from vmbuild.errors import BuildError, UserError
 from vmbuild.golden.builder import build_golden
 from vmbuild.host import qemuimg
-from vmbuild.host.files import write_atomic
+from vmbuild.host.files import stat_key, write_atomic
 from vmbuild.host.hostkeys import HostKeySet, generate_host_keys
 from vmbuild.libvirt.inuse import refuse_running
 from vmbuild.log import detail, info, step
@@ -89,13 +89,15 @@ def plan_build(
     """Decide what to keep, refresh and make, and render every seed and domain XML:
     everything the later stages need, before any of them writes a byte."""
     hosts = hosts_inputs(plan)
-    inputs = {vm.name: disk_inputs(plan, vm, base, final, plugins.inputs()) for vm in plan.vms}
+    inputs = {vm.name: disk_inputs(plan, vm, base, plugins.inputs()) for vm in plan.vms}
     on_disk = {vm.name for vm in plan.vms if (final / vm.disk.file).is_file()}
     decision = decide(
         [vm.name for vm in plan.vms],
         inputs,
         hosts,
-        previous.manifest.get("vms", {}) if previous is not None else None,
+        previous.manifest.get("vms", {})
+        if previous is not None and same_backing(previous.manifest, base.path, final)
+        else None,
         on_disk,
     )
     epoch = source_date_epoch()

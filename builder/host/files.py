@@ -35,3 +35,10 @@ def file_digest(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def stat_key(path: Path) -> str:
+    """What changes when a file is replaced or written to: cheaper than its digest,
+    and enough to tell that a digest taken earlier still holds."""
+    info = path.stat()
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"

@@ -219,6 +219,16 @@ def create_overlay(dest: Path, backing: str, backing_format: DiskFormat, size: i
         run(args, f"creating {dest}")
 
 
+def rebase_unsafe(path: Path, backing: str, backing_format: DiskFormat) -> None:
+    """Point the qcow2 overlay ``path`` at ``backing`` (relative to its folder, as
+    stored) without reading either image: only the header changes. For an overlay
+    whose backing image moved, byte for byte the same."""
+    run(
+        ["rebase", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", backing_format.value, str(path)],
+        f"pointing {path} at {backing}",
+    )
+
+
 def create_copy(
     dest: Path, source: Path, source_format: DiskFormat, fmt: DiskFormat, size: int | None
 ) -> None:

@@ -9,6 +9,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from vmbuild.host.space import write_error
 from vmbuild.log import info
 
 MANIFEST = "manifest.json"
+#: The manifest's layout; a bundle with another is rebuilt whole.
+MANIFEST_FORMAT = 2
 SUMS = "SHA256SUMS"
 _RENAME_EXCHANGE = 2
 
@@ -170,3 +173,17 @@ def sums_text(root: Path, digests: dict[str, str]) -> str:
 
 def tree_files(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+def read_sums(text: str) -> dict[str, str]:
+    """SHA256SUMS as ``sums_text`` writes it, read back: path → sha256."""
+    digests: dict[str, str] = {}
+    for line in text.splitlines():
+        escaped = line.startswith("\\")
+        digest, sep, name = line.removeprefix("\\").partition("  ")
+        if not sep or len(digest) != 64:
+            raise ValueError(f"not a sha256sum line: {line!r}")
+        if escaped:
+            name = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m[1], m[1]), name)
+        digests[name] = digest
+    return digests

@@ -1,0 +1,1 @@
+"""Lab artifacts: pack a bundle into an OCI layout, sign, verify, unpack, push and pull."""
