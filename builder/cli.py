@@ -8,6 +8,7 @@ bundle, 130 interrupted, 1 a bug (with traceback).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -17,7 +18,7 @@ import traceback
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from vmbuild import __version__, log
@@ -25,6 +26,9 @@ from vmbuild.errors import ExitCode, UserError, VmbuildError
 from vmbuild.host import interrupts
 from vmbuild.host.interrupts import Interrupted
 from vmbuild.model.plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from vmbuild.artifact.unpack import UnpackResult
 from vmbuild.model.profile import Profile, format_size, load_profile
 
 app = typer.Typer(
@@ -579,7 +583,8 @@ def pack(
     """
     from vmbuild.artifact.pack import pack as run_pack
 
-    result = run_pack(bundle, out, tag=tag, sign_key=sign_key)
+    with log.transfer("packing") as progress:
+        result = run_pack(bundle, out, tag=tag, sign_key=sign_key, progress=progress)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -628,13 +633,110 @@ def unpack(
     OUTPUT/<lab>/define.sh`, `vmbuild check` and the next `vmbuild build` of the
     lab's profile treat it as their own. Prints the bundle's path.
     """
-    from vmbuild.artifact.unpack import unpack as run_unpack
-
-    result = run_unpack(
-        artifact, output, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned
-    )
+    result = _unpack(artifact, output, allowed_signers, allow_unsigned)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.bundle)
+
+
+def _unpack(
+    artifact: str, output: Path, allowed_signers: Path | None, allow_unsigned: bool
+) -> UnpackResult:
+    from vmbuild.artifact.unpack import unpack as run_unpack
+
+    with log.transfer("unpacking") as progress:
+        return run_unpack(
+            artifact,
+            output,
+            allowed_signers=allowed_signers,
+            allow_unsigned=allow_unsigned,
+            progress=progress,
+        )
+
+
+RefArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="REF",
+        help="Where in a registry: HOST[:PORT]/REPOSITORY:TAG, e.g. "
+        "registry.example:5000/labs/reference-lab:2026-12.",
+        show_default=False,
+    ),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Speak plain HTTP to a registry that is not on this host's loopback.",
+    ),
+]
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+def push(
+    artifact: ArtifactArg,
+    ref: RefArg,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push a packed lab (and its signatures) to an OCI registry.
+
+    Blobs the repository already has are not sent again: a second lab on the same
+    golden image, pushed to the same repository, sends only its own disks, seeds
+    and files, and an interrupted push sends only what did not arrive. Credentials
+    come from VMBUILD_REGISTRY_USERNAME/VMBUILD_REGISTRY_PASSWORD, else the usual
+    auth files ($REGISTRY_AUTH_FILE, containers' auth.json, Docker's config.json).
+    """
+    from vmbuild.artifact.layout import Layout, split_reference
+    from vmbuild.artifact.registry import push as run_push
+
+    folder, tag = split_reference(artifact)
+    tag, _ = Layout(folder).resolve(tag)
+    with log.step(f"Pushing {folder}:{tag} to {ref}"), log.transfer("pushing") as progress:
+        result = run_push(folder, tag, ref, insecure=insecure, progress=progress)
+    log.info(
+        f"‣ {ref}: {result.digest}; sent {result.sent_blobs} blobs "
+        f"({format_size(result.sent_bytes)}), {result.skipped_blobs} were there already "
+        f"({format_size(result.skipped_bytes)})"
+    )
+    if as_json:
+        print(json.dumps({"ref": ref, **dataclasses.asdict(result)}, indent=2))
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+def pull(
+    ref: RefArg,
+    output: OutputOpt = Path("output"),
+    allowed_signers: AllowedSignersOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pull a lab from an OCI registry, verify it and unpack it at OUTPUT/<lab>.
+
+    The artifact is kept in vmbuild's cache (artifacts/, one OCI layout shared by
+    every pull, so a golden image comes down once), tagged by REF; what is there
+    already is not fetched again, and an interrupted pull resumes. Then it is
+    verified and unpacked as `vmbuild unpack` does. Prints the bundle's path.
+    """
+    from vmbuild.artifact.registry import pull as run_pull
+    from vmbuild.golden.recipe import default_cache
+
+    layout = default_cache() / "artifacts"
+    with log.step(f"Pulling {ref} into {layout}"), log.transfer("pulling") as progress:
+        pulled = run_pull(ref, layout, tag=ref, insecure=insecure, progress=progress)
+    log.info(
+        f"‣ {ref}: {pulled.digest}; fetched {pulled.fetched_blobs} blobs "
+        f"({format_size(pulled.fetched_bytes)}), {pulled.reused_blobs} were here already"
+    )
+    result = _unpack(f"{layout}:{ref}", output, allowed_signers, allow_unsigned)
+    if as_json:
+        print(json.dumps({"ref": ref, **result.to_json()}, indent=2))
     else:
         print(result.bundle)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 _state = {"verbosity": 1}
 
@@ -51,3 +52,63 @@ def step(title: str) -> Iterator[Timing]:
     yield timing
     timing.seconds = time.monotonic() - start
     info(f"  done in {timing.seconds:.2f}s")
+
+
+#: ``progress(name, done_bytes, total_bytes)``: how far the transfer of one item is.
+Progress = Callable[[str, int, int], None]
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+@contextlib.contextmanager
+def transfer(title: str) -> Iterator[Progress]:
+    """Progress of moving bytes (packing, pushing, pulling, unpacking): a bar per
+    item with bytes, rate and time left on a terminal; otherwise one line per item
+    as it finishes (under -v), and nothing under -q."""
+    if _state["verbosity"] < 1:
+        yield lambda name, done, total: None
+        return
+    if not sys.stderr.isatty():
+        finished: set[str] = set()
+
+        def line(name: str, done: int, total: int) -> None:
+            if done >= total and name not in finished:
+                finished.add(name)
+                detail(f"{name}: {_size(total)}")
+
+        yield line
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import (
+        Progress as Bars,
+    )
+
+    columns = (
+        TextColumn(f"  {title} {{task.description}}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Bars(*columns, console=Console(stderr=True), transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def bar(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bars.add_task(name, total=total)
+            bars.update(tasks[name], completed=done)
+
+        yield bar

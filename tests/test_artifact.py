@@ -23,6 +23,7 @@ import pytest
 from conftest import RunCli
 from guestimages import read_guest_files
 from labs import USER, WEB_DB, write_lab
+from registry import LocalRegistry, registry_fixture  # noqa: F401 (the fixture registry)
 from vmbuild.artifact import layout as oci
 from vmbuild.artifact.layout import ArtifactError, Descriptor, Layout
 from vmbuild.artifact.pack import LAB_BUNDLE, PackResult, pack
@@ -379,3 +380,81 @@ def test_pack_refuses_a_bundle_whose_disk_changed(
     assert (
         not (tmp_path / "layout" / "index.json").exists() or not Layout(tmp_path / "layout").tags()
     )
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_push_pull_round_trip_through_a_registry(
+    labs: Labs,
+    packed: PackResult,
+    registry: LocalRegistry,
+    tmp_path: Path,
+    run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pack --sign → push → pull elsewhere → verified, unpacked; skopeo reads the
+    pushed artifact; a second lab on the same golden image sends none of its blobs."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(registry.write_auth(tmp_path / "docker").parent))
+    monkeypatch.setenv("VMBUILD_CACHE", str(tmp_path / "cache"))
+    ref = registry.ref("labs", "art")
+    pushed = run_cli("push", packed.layout, ref, "--json")
+    assert pushed.code == 0, pushed.err
+    first = json.loads(pushed.out)
+    assert first["digest"] == packed.index.digest and first["referrers"]
+    if shutil.which("skopeo"):
+        raw = subprocess.run(
+            [
+                "skopeo", "inspect", "--raw", "--tls-verify=false",
+                "--creds", f"{registry.username}:{registry.password}", f"docker://{ref}",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout  # fmt: skip
+        assert raw == Layout(packed.layout).blob_path(packed.index.digest).read_bytes()
+
+    pulled = run_cli("pull", ref, "-o", tmp_path / "out", "--allowed-signers", labs.keys.allowed)
+    assert pulled.code == 0, pulled.err
+    bundle = tmp_path / "out" / "art"
+    assert pulled.out.strip() == str(bundle)
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=bundle, check=True)
+    assert "signed by signer@example.org" in pulled.err
+
+    # The second lab, packed beside the first and pushed to the same repository.
+    both = _copy(packed.layout, tmp_path / "layout")
+    second = pack(labs.other, both.path, sign_key=labs.keys.key, piece_size=PIECE)
+    other = run_cli("push", f"{both.path}:{second.tag}", registry.ref("labs", "art2"), "--json")
+    assert other.code == 0, other.err
+    sent = json.loads(other.out)
+    # Every golden blob (config and pieces; its manifest is not a blob) was there.
+    golden = [d for d in both.reachable(packed.golden) if d.digest != packed.golden.digest]
+    assert sent["skipped_bytes"] >= sum(d.size for d in golden)
+    assert second.signature is not None
+    own = {d.digest: d.size for d in both.reachable(second.index)}
+    own |= {d.digest: d.size for d in both.reachable(second.signature)}
+    for descriptor in golden:
+        own.pop(descriptor.digest, None)
+    assert 0 < sent["sent_bytes"] <= sum(own.values())
+    # And its pull reuses the golden image's blobs from the cache's layout.
+    again = run_cli(
+        "pull", registry.ref("labs", "art2"), "-o", tmp_path / "out", "--allowed-signers",
+        labs.keys.allowed,
+    )  # fmt: skip
+    assert again.code == 0, again.err
+    assert sorted(p.name for p in (tmp_path / "cache" / "golden").glob("*.qcow2")) == [
+        "golden.qcow2"
+    ]
+
+
+def test_a_wrong_password_is_a_clear_error(
+    packed: PackResult,
+    registry: LocalRegistry,
+    tmp_path: Path,
+    run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = registry.write_auth(tmp_path / "docker", password="wrong").parent
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    result = run_cli("push", packed.layout, registry.ref("labs", "denied"))
+    assert result.code == 3
+    assert registry.host in result.err and "refused the credentials" in result.err

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -349,9 +350,13 @@ def read_json_file(path: Path, missing: str, hint: str) -> Any:
 
 
 def split_reference(artifact: str) -> tuple[Path, str | None]:
-    """``DIR`` or ``DIR:TAG`` (as skopeo's ``oci:DIR:TAG``) as the folder and the tag."""
+    """``DIR`` or ``DIR:TAG`` (as skopeo's ``oci:DIR:TAG``) as the folder and the tag;
+    the tag may hold colons itself (a registry reference, as `vmbuild pull` tags)."""
     path = Path(artifact)
     if path.is_dir() or ":" not in artifact:
         return path, None
-    folder, _, tag = artifact.rpartition(":")
+    for found in re.finditer(":", artifact):
+        if Path(artifact[: found.start()]).is_dir():
+            return Path(artifact[: found.start()]), artifact[found.end() :] or None
+    folder, _, tag = artifact.partition(":")
     return Path(folder), tag or None

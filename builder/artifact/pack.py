@@ -29,12 +29,12 @@ from typing import Any
 
 from vmbuild.artifact import layout as oci
 from vmbuild.artifact.layout import ArtifactError, Descriptor, Layout, read_json_file
-from vmbuild.artifact.pieces import LEVEL, MAX_PIECE, pack_file
+from vmbuild.artifact.pieces import LEVEL, MAX_PIECE, for_file, pack_file
 from vmbuild.artifact.sign import NAMESPACE, fingerprint, sign
 from vmbuild.golden.recipe import sidecar
 from vmbuild.host import qemuimg
 from vmbuild.host.files import file_digest
-from vmbuild.log import info, step
+from vmbuild.log import Progress, info, step
 from vmbuild.output.bundle import MANIFEST, MANIFEST_FORMAT, SUMS, read_sums
 
 LAB_BUNDLE = "application/vnd.vmbuild.lab.bundle.v1"
@@ -131,7 +131,7 @@ def _golden_config(path: Path, base: Mapping[str, Any], piece_size: int, level: 
 
 
 def _pack_golden(
-    layout: Layout, base: Mapping[str, Any], piece_size: int, level: int
+    layout: Layout, base: Mapping[str, Any], piece_size: int, progress: Progress | None
 ) -> tuple[Descriptor, int]:
     """The golden image's manifest, written unless the layout has it; the bytes written."""
     path = Path(base["path"])
@@ -147,14 +147,20 @@ def _pack_golden(
             hint=f"flatten it first: qemu-img convert -O {base['format']} {path} NEW, "
             "and build the lab on NEW",
         )
-    config_bytes = _golden_config(path, base, piece_size, level)
+    config_bytes = _golden_config(path, base, piece_size, LEVEL)
     config = Descriptor(oci.GOLDEN_CONFIG, oci.digest_of(config_bytes), len(config_bytes))
     known = _known_golden(layout, config)
     if known is not None:
         info(f"  golden image {path.name}: already in {layout.path}")
         return known, 0
     with step(f"Packing the golden image {path.name}"):
-        pieces = pack_file(layout, path, {oci.TITLE: path.name}, piece_size=piece_size, level=level)
+        pieces = pack_file(
+            layout,
+            path,
+            {oci.TITLE: path.name},
+            piece_size=piece_size,
+            progress=for_file(progress, path.name),
+        )
     sha = file_digest(path)
     if sha != base["sha256"]:
         raise ArtifactError(
@@ -199,7 +205,7 @@ def _vm_of(name: str) -> str | None:
 
 
 def _pack_file(
-    layout: Layout, bundle: Path, name: str, piece_size: int, level: int
+    layout: Layout, bundle: Path, name: str, piece_size: int, progress: Progress | None
 ) -> list[Descriptor]:
     annotations = {oci.TITLE: name}
     vm = _vm_of(name)
@@ -207,7 +213,13 @@ def _pack_file(
         annotations[oci.VM] = vm
     filename = PurePosixPath(name).name
     if vm is not None and filename.startswith("disk."):
-        return pack_file(layout, bundle / name, annotations, piece_size=piece_size, level=level)
+        return pack_file(
+            layout,
+            bundle / name,
+            annotations,
+            piece_size=piece_size,
+            progress=for_file(progress, name),
+        )
     media_type = {"seed.iso": oci.SEED, "domain.xml": oci.DOMAIN}.get(filename, oci.FILE)
     if vm is None:
         media_type = oci.FILE
@@ -226,7 +238,7 @@ def pack(
     tag: str | None = None,
     sign_key: Path | None = None,
     piece_size: int = MAX_PIECE,
-    level: int = LEVEL,
+    progress: Progress | None = None,
 ) -> PackResult:
     """Write ``bundle`` into the OCI layout ``out`` under ``tag`` (default: the
     lab's name); sign the lab manifest with ``sign_key`` when given."""
@@ -237,13 +249,13 @@ def pack(
     layout = Layout(out)
     layout.create()
     before = {path.name for path in layout.blobs.iterdir()}
-    golden, _ = _pack_golden(layout, manifest["base"], piece_size, level)
+    golden, _ = _pack_golden(layout, manifest["base"], piece_size, progress)
     layers: list[Descriptor] = []
     with step(f"Packing lab {lab!r}: {len(manifest['vms'])} VMs"):
         for name in sorted(files, key=_order):
             if name in (MANIFEST, SUMS):
                 continue
-            layers += _pack_file(layout, bundle, name, piece_size, level)
+            layers += _pack_file(layout, bundle, name, piece_size, progress)
     config = layout.add_bytes((bundle / MANIFEST).read_bytes(), oci.LAB_CONFIG)
     lab_document = oci.manifest_document(
         config,

@@ -21,6 +21,7 @@ from typing import IO, cast
 
 import zstandard
 from vmbuild.artifact.layout import OFFSET, PIECE, SHA256, SIZE, ArtifactError, Descriptor, Layout
+from vmbuild.log import Progress as ItemProgress
 
 MAX_PIECE = 256 << 20
 LEVEL = 6
@@ -30,6 +31,13 @@ _ZERO_BLOCK = bytes(_BLOCK)
 
 #: Called with the bytes done so far and the total.
 Progress = Callable[[int, int], None]
+
+
+def for_file(progress: ItemProgress | None, name: str) -> Progress | None:
+    """A file's own progress, from a transfer's progress over many items."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(name, done, total)
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:

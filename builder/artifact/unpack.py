@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from vmbuild.artifact.layout import ArtifactError
-from vmbuild.artifact.pieces import restore
-from vmbuild.artifact.verify import Artifact, Entry, check_data, open_artifact
+from vmbuild.artifact.pieces import for_file, restore
+from vmbuild.artifact.verify import Artifact, Entry, check_data, open_artifact, report
 from vmbuild.golden.recipe import default_cache, sidecar
 from vmbuild.host import qemuimg
 from vmbuild.host.files import file_digest, stat_key, write_atomic
 from vmbuild.libvirt.inuse import refuse_running
-from vmbuild.log import detail, info, step
+from vmbuild.log import Progress, detail, info, step
 from vmbuild.model.plan import Plan
 from vmbuild.model.profile import DiskFormat, DiskMode
 from vmbuild.output.bundle import (
@@ -80,7 +80,9 @@ def _cached(folder: Path, sha256: str, size: int) -> Path | None:
     return None
 
 
-def place_golden(artifact: Artifact, cache: Path | None = None) -> tuple[Path, bool]:
+def place_golden(
+    artifact: Artifact, cache: Path | None = None, progress: Progress | None = None
+) -> tuple[Path, bool]:
     """The golden image in the cache: found by its sha256, else written there."""
     config = artifact.golden_config
     sha256, size = str(config["sha256"]), int(config["size"])
@@ -105,6 +107,7 @@ def place_golden(artifact: Artifact, cache: Path | None = None) -> tuple[Path, b
                 artifact.golden_what(),
                 sha256,
                 dest,
+                for_file(progress, image.name),
             )
             dest.flush()
             os.fsync(dest.fileno())
@@ -192,13 +195,15 @@ def unpack(
     allowed_signers: Path | None = None,
     allow_unsigned: bool = False,
     cache: Path | None = None,
+    progress: Progress | None = None,
 ) -> UnpackResult:
     """Verify ``artifact`` and lay it out as the bundle ``output/<lab>``."""
     with step(f"Verifying {artifact}"):
         opened = open_artifact(
             artifact, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned
         )
-        check_data(opened)
+        check_data(opened, for_file(progress, "checking"))
+    report(opened)
     lab = opened.lab_name
     plan = Plan.from_json(
         opened.layout.read(_entry(opened, "plan.json").blobs[0], "plan.json").decode()
@@ -209,7 +214,7 @@ def unpack(
     check_target(final)
     with lab_lock(output, lab):
         remove_stale(output, lab)
-        golden, written = place_golden(opened, cache)
+        golden, written = place_golden(opened, cache, progress)
         base = opened.manifest["base"]
         moves = [(str(base["path"]), str(golden)), (str(opened.manifest["root"]), str(final))]
         with staging(output, lab) as stage:

@@ -279,8 +279,13 @@ def verify(
             artifact, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned
         )
         check_data(opened)
-    info(
-        f"‣ {opened.layout.path}:{opened.tag}: OK, lab {opened.lab_name!r}, "
-        + "; ".join(opened.checked)
-    )
+    report(opened)
     return opened
+
+
+def report(artifact: Artifact) -> None:
+    """Say what was verified, and whose signature it carries."""
+    info(
+        f"‣ {artifact.layout.path}:{artifact.tag}: OK, lab {artifact.lab_name!r}, "
+        + "; ".join(artifact.checked)
+    )
