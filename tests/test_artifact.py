@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunCli
+from conftest import RunCli, small_tmpfs
 from guestimages import read_guest_files
 from labs import USER, WEB_DB, write_lab
 from registry import LocalRegistry, registry_fixture  # noqa: F401 (the fixture registry)
@@ -29,7 +29,12 @@ from vmbuild.artifact.layout import ArtifactError, Descriptor, Layout
 from vmbuild.artifact.pack import LAB_BUNDLE, PackResult, pack
 from vmbuild.artifact.unpack import unpack
 from vmbuild.artifact.verify import verify
+from vmbuild.build.base import golden_recipe
 from vmbuild.cli import main
+from vmbuild.golden.recipe import golden_path, sidecar
+from vmbuild.host.files import file_digest
+from vmbuild.model.plan import make_plan
+from vmbuild.model.profile import load_profile
 
 pytestmark = pytest.mark.guestfs
 
@@ -380,6 +385,59 @@ def test_pack_refuses_a_bundle_whose_disk_changed(
     assert (
         not (tmp_path / "layout" / "index.json").exists() or not Layout(tmp_path / "layout").tags()
     )
+
+
+def test_a_recipes_golden_image_is_unpacked_where_base_debian_finds_it(
+    os_image: Path, tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lab on ``base.debian``: its golden image lands in the target's cache under
+    the recipe's own name, so the same profile builds there without debootstrap and
+    keeps every disk."""
+    monkeypatch.setenv("VMBUILD_CACHE", str(tmp_path / "build-cache"))
+    base = {"debian": "bookworm", "size": "1G"}
+    profile = write_lab(tmp_path, None, name="deb", network=USER, vms=WEB_DB[:1], base=base)
+    recipe = golden_recipe(make_plan(load_profile(profile)).base)
+    assert recipe is not None
+    image = golden_path(recipe)
+    image.parent.mkdir(parents=True)
+    shutil.copyfile(os_image, image)  # stands in for the debootstrap image
+    sidecar(image, ".sha256").write_text(f"{file_digest(image)}  {image.name}\n")
+    sidecar(image, ".json").write_text(json.dumps({"recipe": recipe.to_json()}))
+    assert main(["build", str(profile), "-o", str(tmp_path / "out"), "-q"]) == 0
+    pack(tmp_path / "out" / "deb", tmp_path / "layout", piece_size=PIECE)
+
+    monkeypatch.setenv("VMBUILD_CACHE", str(tmp_path / "target-cache"))
+    result = unpack(tmp_path / "layout", tmp_path / "target", allow_unsigned=True)
+    assert result.golden == golden_path(recipe)
+    assert result.golden.is_relative_to(tmp_path / "target-cache")
+    built = run_cli("build", profile, "-o", tmp_path / "target")
+    assert built.code == 0, built.err
+    assert "deb is up to date: nothing to do" in built.err
+
+
+@pytest.mark.parametrize("full", ["cache", "output"])
+def test_a_full_disk_while_unpacking_leaves_nothing_behind(
+    labs: Labs, packed: PackResult, tmp_path: Path, full: str, run_cli: RunCli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The golden image or the bundle does not fit: a clear error, no cache entry,
+    no bundle and no staging folder."""
+    size = {"cache": "256k", "output": "600k"}[full]
+    with small_tmpfs(tmp_path / "small", size) as small:
+        cache = small if full == "cache" else tmp_path / "cache"
+        output = small / "out" if full == "output" else tmp_path / "out"
+        monkeypatch.setenv("VMBUILD_CACHE", str(cache))
+        result = run_cli(
+            "unpack", packed.layout, "-o", output, "--allowed-signers", labs.keys.allowed
+        )
+        assert result.code != 0
+        assert "No space left on device" in result.err or "is full" in result.err, result.err
+        assert "Traceback" not in result.err
+        assert not (output / "art").exists()
+        assert not list(output.glob(".art.staging-*")) if output.exists() else True
+        golden = cache / "golden"
+        leftovers = [p.name for p in golden.iterdir()] if golden.exists() else []
+        assert full == "output" or leftovers == [], leftovers
 
 
 # ---------------------------------------------------------------- registry

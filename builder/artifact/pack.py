@@ -34,6 +34,7 @@ from vmbuild.artifact.sign import NAMESPACE, fingerprint, sign
 from vmbuild.golden.recipe import sidecar
 from vmbuild.host import qemuimg
 from vmbuild.host.files import file_digest
+from vmbuild.host.space import write_error
 from vmbuild.log import Progress, info, step
 from vmbuild.output.bundle import MANIFEST, MANIFEST_FORMAT, SUMS, read_sums
 
@@ -246,42 +247,56 @@ def pack(
     lab = str(manifest["lab"])
     tag = tag or lab
     files = _bundle_files(bundle)
-    layout = Layout(out)
-    layout.create()
-    before = {path.name for path in layout.blobs.iterdir()}
-    golden, _ = _pack_golden(layout, manifest["base"], piece_size, progress)
-    layers: list[Descriptor] = []
-    with step(f"Packing lab {lab!r}: {len(manifest['vms'])} VMs"):
-        for name in sorted(files, key=_order):
-            if name in (MANIFEST, SUMS):
-                continue
-            layers += _pack_file(layout, bundle, name, piece_size, progress)
-    config = layout.add_bytes((bundle / MANIFEST).read_bytes(), oci.LAB_CONFIG)
-    lab_document = oci.manifest_document(
-        config,
-        layers,
-        artifact_type=LAB_BUNDLE,
-        annotations={oci.LAB: lab, oci.GOLDEN: golden.digest},
-    )
-    lab_manifest = layout.add_document(lab_document, artifact_type=LAB_BUNDLE)
-    index_document = {
+    try:
+        layout = Layout(out)
+        layout.create()
+        before = {path.name for path in layout.blobs.iterdir()}
+        golden, _ = _pack_golden(layout, manifest["base"], piece_size, progress)
+        layers: list[Descriptor] = []
+        with step(f"Packing lab {lab!r}: {len(manifest['vms'])} VMs"):
+            for name in sorted(files, key=_order):
+                if name in (MANIFEST, SUMS):
+                    continue
+                layers += _pack_file(layout, bundle, name, piece_size, progress)
+        config = layout.add_bytes((bundle / MANIFEST).read_bytes(), oci.LAB_CONFIG)
+        lab_document = oci.manifest_document(
+            config,
+            layers,
+            artifact_type=LAB_BUNDLE,
+            annotations={oci.LAB: lab, oci.GOLDEN: golden.digest},
+        )
+        lab_manifest = layout.add_document(lab_document, artifact_type=LAB_BUNDLE)
+        index = layout.add_document(
+            _index(lab, lab_manifest, golden), artifact_type=oci.LAB_ARTIFACT
+        )
+        signature = None
+        if sign_key is not None:
+            signature = _sign(layout, lab_manifest, sign_key)
+            layout.add_referrer(signature)
+        layout.tag(tag, index)
+    except OSError as err:
+        raise write_error(
+            err,
+            err.filename or out,
+            out,
+            "; the layout's index was not changed",
+            hint="free some space (or choose another -o DIR) and pack again",
+        ) from None
+    blobs = layout.reachable(index) + ([signature] if signature else [])
+    written = sum(blob.size for blob in blobs if blob.digest[7:] not in before)
+    reused = sum(blob.size for blob in blobs if blob.digest[7:] in before)
+    info(f"‣ Packed {lab!r} as {out}:{tag} ({index.digest[:19]}…)")
+    return PackResult(out, tag, index, lab_manifest, golden, signature, written, reused)
+
+
+def _index(lab: str, lab_manifest: Descriptor, golden: Descriptor) -> dict[str, Any]:
+    return {
         "schemaVersion": 2,
         "mediaType": oci.INDEX,
         "artifactType": oci.LAB_ARTIFACT,
         "manifests": [lab_manifest.to_data(), golden.to_data()],
         "annotations": {oci.LAB: lab},
     }
-    index = layout.add_document(index_document, artifact_type=oci.LAB_ARTIFACT)
-    signature = None
-    if sign_key is not None:
-        signature = _sign(layout, lab_manifest, sign_key)
-        layout.add_referrer(signature)
-    layout.tag(tag, index)
-    blobs = layout.reachable(index) + ([signature] if signature else [])
-    written = sum(blob.size for blob in blobs if blob.digest[7:] not in before)
-    reused = sum(blob.size for blob in blobs if blob.digest[7:] in before)
-    info(f"‣ Packed {lab!r} as {out}:{tag} ({index.digest[:19]}…)")
-    return PackResult(out, tag, index, lab_manifest, golden, signature, written, reused)
 
 
 def _sign(layout: Layout, lab_manifest: Descriptor, key: Path) -> Descriptor:

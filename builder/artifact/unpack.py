@@ -30,6 +30,7 @@ from vmbuild.artifact.verify import Artifact, Entry, check_data, open_artifact, 
 from vmbuild.golden.recipe import default_cache, sidecar
 from vmbuild.host import qemuimg
 from vmbuild.host.files import file_digest, stat_key, write_atomic
+from vmbuild.host.space import write_error
 from vmbuild.libvirt.inuse import refuse_running
 from vmbuild.log import Progress, detail, info, step
 from vmbuild.model.plan import Plan
@@ -122,6 +123,18 @@ def place_golden(
         write_atomic(sidecar(image, ".json"), (json.dumps(record, indent=2) + "\n").encode())
         write_atomic(sidecar(image, ".sha256"), f"{sha256}  {image.name}\n".encode())
         os.replace(tmp, image)
+    except OSError as err:
+        for written in (sidecar(image, ".json"), sidecar(image, ".sha256")):
+            if not image.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    written.unlink()
+        raise write_error(
+            err,
+            f"the golden image into {folder}",
+            folder,
+            "; nothing was unpacked",
+            hint="free some space in the cache (or point VMBUILD_CACHE elsewhere) and unpack again",
+        ) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -217,7 +230,7 @@ def unpack(
         golden, written = place_golden(opened, cache, progress)
         base = opened.manifest["base"]
         moves = [(str(base["path"]), str(golden)), (str(opened.manifest["root"]), str(final))]
-        with staging(output, lab) as stage:
+        with staging(output, lab, command="unpack") as stage:
             with step(f"Unpacking lab {lab!r} into {final}"):
                 for entry in opened.entries:
                     _write_entry(opened, entry, stage / entry.name, moves)

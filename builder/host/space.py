@@ -29,11 +29,17 @@ def free_space_problem(folder: Path) -> str | None:
     return None
 
 
-def write_error(err: OSError, what: object, folder: Path, then: str = "") -> BuildError:
-    """A failed write of ``what`` beside ``folder``, naming the cause when the
-    filesystem ran out of room or inodes."""
+def write_error(
+    err: OSError,
+    what: object,
+    folder: Path,
+    then: str = "",
+    hint: str = "free some space (or choose another --output) and build again",
+) -> BuildError:
+    """A failed write of ``what`` beside ``folder``, naming the cause (and ``hint``)
+    when the filesystem ran out of room or inodes."""
     cause = free_space_problem(folder) if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
     return BuildError(
         f"cannot write {what}: {err.strerror}" + (f" ({cause})" if cause else "") + then,
-        hint="free some space (or choose another --output) and build again" if cause else "",
+        hint=hint if cause else "",
     )

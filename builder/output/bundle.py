@@ -70,8 +70,9 @@ def remove_stale(output: Path, lab: str) -> None:
 
 
 @contextlib.contextmanager
-def staging(output: Path, lab: str) -> Iterator[Path]:
-    """A fresh folder beside the final one; removed unless it was published."""
+def staging(output: Path, lab: str, command: str = "build") -> Iterator[Path]:
+    """A fresh folder beside the final one; removed unless it was published.
+    ``command`` is what the user runs again once there is room."""
     path = output / f".{lab}.staging-{uuid.uuid4().hex[:12]}"
     try:
         path.mkdir(mode=0o755)
@@ -80,7 +81,13 @@ def staging(output: Path, lab: str) -> Iterator[Path]:
     try:
         yield path
     except OSError as err:
-        raise write_error(err, err.filename or output, output, "; nothing was published") from None
+        raise write_error(
+            err,
+            err.filename or output,
+            output,
+            "; nothing was published",
+            hint=f"free some space (or choose another --output) and {command} again",
+        ) from None
     finally:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
