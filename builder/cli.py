@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from vmbuild import __version__, log
+from vmbuild.artifact.trust import Trust
 from vmbuild.errors import ExitCode, UserError, VmbuildError
 from vmbuild.host import interrupts
 from vmbuild.host.interrupts import Interrupted
@@ -150,13 +151,15 @@ def reporting(command: F) -> F:
 def _adding_options(
     options: dict[str, tuple[Any, Any]],
     prepare: Callable[[dict[str, Any]], dict[str, Any]],
+    replaces: tuple[str, ...] = (),
 ) -> Callable[[F], F]:
     """Give a command typer options that it does not declare itself.
 
     ``options`` maps each added parameter to its annotation and default (``...``
     for a required one). The wrapper takes their values off the call and hands
     them to ``prepare``, whose result (keyword arguments, which replace the
-    command's own parameters of those names) goes to the command.
+    command's own parameters of those names, or those named in ``replaces``) goes
+    to the command.
     """
 
     def decorate(command: F) -> F:
@@ -171,7 +174,7 @@ def _adding_options(
             )
             for name, (hint, default) in options.items()
         ]
-        replaced = {p.name for p in added}
+        replaced = {p.name for p in added} | set(replaces)
         required = [p for p in added if p.default is inspect.Parameter.empty]
         optional = [p for p in added if p.default is not inspect.Parameter.empty]
         own = [
@@ -543,6 +546,20 @@ AllowUnsignedOpt = Annotated[
 ]
 
 
+def trust_options() -> Callable[[F], F]:
+    """The shared --allowed-signers and --allow-unsigned: the command receives them
+    as one `Trust`, its ``trust`` parameter."""
+
+    def trust(values: dict[str, Any]) -> dict[str, Any]:
+        return {"trust": Trust(values["allowed_signers"], values["allow_unsigned"])}
+
+    options: dict[str, tuple[Any, Any]] = {
+        "allowed_signers": (AllowedSignersOpt, None),
+        "allow_unsigned": (AllowUnsignedOpt, False),
+    }
+    return _adding_options(options, trust, replaces=("trust",))
+
+
 @app.command()
 @reporting
 @log_options(quiet=True)
@@ -594,12 +611,8 @@ def pack(
 @app.command()
 @reporting
 @log_options(quiet=True)
-def verify(
-    artifact: ArtifactArg,
-    allowed_signers: AllowedSignersOpt = None,
-    allow_unsigned: AllowUnsignedOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
+@trust_options()
+def verify(artifact: ArtifactArg, trust: Trust, as_json: JsonOpt = False) -> None:
     """Check a packed lab: its signature, every blob and every disk, reassembled.
 
     The lab manifest's signature must be by a key that the allowed signers file
@@ -610,7 +623,7 @@ def verify(
     """
     from vmbuild.artifact.verify import verify as run_verify
 
-    result = run_verify(artifact, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned)
+    result = run_verify(artifact, trust)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
 
@@ -618,11 +631,11 @@ def verify(
 @app.command()
 @reporting
 @log_options(quiet=True)
+@trust_options()
 def unpack(
     artifact: ArtifactArg,
+    trust: Trust,
     output: OutputOpt = Path("output"),
-    allowed_signers: AllowedSignersOpt = None,
-    allow_unsigned: AllowUnsignedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a packed lab, then lay it out as a bundle at OUTPUT/<lab>.
@@ -633,24 +646,21 @@ def unpack(
     OUTPUT/<lab>/define.sh`, `vmbuild check` and the next `vmbuild build` of the
     lab's profile treat it as their own. Prints the bundle's path.
     """
-    result = _unpack(artifact, output, allowed_signers, allow_unsigned)
+    result = _unpack(artifact, output, trust)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(result.bundle)
 
 
-def _unpack(
-    artifact: str, output: Path, allowed_signers: Path | None, allow_unsigned: bool
-) -> UnpackResult:
+def _unpack(artifact: str, output: Path, trust: Trust) -> UnpackResult:
     from vmbuild.artifact.unpack import unpack as run_unpack
 
     with log.transfer("unpacking") as progress:
         return run_unpack(
             artifact,
             output,
-            allowed_signers=allowed_signers,
-            allow_unsigned=allow_unsigned,
+            trust=trust,
             progress=progress,
         )
 
@@ -709,11 +719,11 @@ def push(
 @app.command()
 @reporting
 @log_options(quiet=True)
+@trust_options()
 def pull(
     ref: RefArg,
+    trust: Trust,
     output: OutputOpt = Path("output"),
-    allowed_signers: AllowedSignersOpt = None,
-    allow_unsigned: AllowUnsignedOpt = False,
     insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -734,7 +744,7 @@ def pull(
         f"‣ {ref}: {pulled.digest}; fetched {pulled.fetched_blobs} blobs "
         f"({format_size(pulled.fetched_bytes)}), {pulled.reused_blobs} were here already"
     )
-    result = _unpack(f"{layout}:{ref}", output, allowed_signers, allow_unsigned)
+    result = _unpack(f"{layout}:{ref}", output, trust)
     if as_json:
         print(json.dumps({"ref": ref, **result.to_json()}, indent=2))
     else:

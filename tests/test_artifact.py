@@ -27,6 +27,7 @@ from registry import LocalRegistry, registry_fixture  # noqa: F401 (the fixture 
 from vmbuild.artifact import layout as oci
 from vmbuild.artifact.layout import ArtifactError, Descriptor, Layout
 from vmbuild.artifact.pack import LAB_BUNDLE, PackResult, pack
+from vmbuild.artifact.trust import Trust
 from vmbuild.artifact.unpack import unpack
 from vmbuild.artifact.verify import verify
 from vmbuild.build.base import golden_recipe
@@ -273,7 +274,7 @@ def test_damage_is_refused_and_nothing_is_unpacked(
     assert expected in result.err
     cache = tmp_path / "cache"
     with pytest.raises(ArtifactError, match=re.escape(expected)):
-        unpack(layout.path, tmp_path / "out", allowed_signers=labs.keys.allowed, cache=cache)
+        unpack(layout.path, tmp_path / "out", trust=Trust(labs.keys.allowed), cache=cache)
     assert not (tmp_path / "out" / "art").exists()
     assert not cache.exists() or not any(cache.rglob("*.qcow2"))
 
@@ -305,7 +306,7 @@ def test_unpack_lays_out_a_bundle_the_build_calls_its_own(
     labs: Labs, packed: PackResult, tmp_path: Path, run_cli: RunCli
 ) -> None:
     cache = tmp_path / "cache"
-    result = unpack(packed.layout, tmp_path / "out", allowed_signers=labs.keys.allowed, cache=cache)
+    result = unpack(packed.layout, tmp_path / "out", trust=Trust(labs.keys.allowed), cache=cache)
     bundle = tmp_path / "out" / "art"
     assert result.bundle == bundle and result.golden_written
     assert result.golden.parent == cache / "golden"
@@ -341,7 +342,7 @@ def test_unpack_lays_out_a_bundle_the_build_calls_its_own(
 
     # A second unpack, elsewhere, finds the golden image in the cache.
     again = unpack(
-        packed.layout, tmp_path / "elsewhere", allowed_signers=labs.keys.allowed, cache=cache
+        packed.layout, tmp_path / "elsewhere", trust=Trust(labs.keys.allowed), cache=cache
     )
     assert again.golden == result.golden and not again.golden_written
     assert sorted(p.name for p in (cache / "golden").glob("*.qcow2")) == [result.golden.name]
@@ -368,7 +369,7 @@ def test_two_labs_share_the_golden_images_blobs(labs: Labs, tmp_path: Path) -> N
     stored = {p.name for p in layout.blobs.iterdir()}
     assert all(piece["digest"][7:] in stored for piece in pieces)
     for tag in ("art", "art2"):
-        verify(f"{out}:{tag}", allowed_signers=labs.keys.allowed)
+        verify(f"{out}:{tag}", trust=Trust(labs.keys.allowed))
 
 
 def test_pack_refuses_a_bundle_whose_disk_changed(
@@ -407,7 +408,7 @@ def test_a_recipes_golden_image_is_unpacked_where_base_debian_finds_it(
     pack(tmp_path / "out" / "deb", tmp_path / "layout", piece_size=PIECE)
 
     monkeypatch.setenv("VMBUILD_CACHE", str(tmp_path / "target-cache"))
-    result = unpack(tmp_path / "layout", tmp_path / "target", allow_unsigned=True)
+    result = unpack(tmp_path / "layout", tmp_path / "target", trust=Trust(allow_unsigned=True))
     assert result.golden == golden_path(recipe)
     assert result.golden.is_relative_to(tmp_path / "target-cache")
     built = run_cli("build", profile, "-o", tmp_path / "target")

@@ -26,6 +26,7 @@ from typing import Any
 
 from vmbuild.artifact.layout import ArtifactError
 from vmbuild.artifact.pieces import for_file, restore
+from vmbuild.artifact.trust import Trust
 from vmbuild.artifact.verify import Artifact, Entry, check_data, open_artifact, report
 from vmbuild.golden.recipe import default_cache, sidecar
 from vmbuild.host import qemuimg
@@ -205,16 +206,13 @@ def unpack(
     artifact: str | Path,
     output: Path,
     *,
-    allowed_signers: Path | None = None,
-    allow_unsigned: bool = False,
+    trust: Trust,
     cache: Path | None = None,
     progress: Progress | None = None,
 ) -> UnpackResult:
     """Verify ``artifact`` and lay it out as the bundle ``output/<lab>``."""
     with step(f"Verifying {artifact}"):
-        opened = open_artifact(
-            artifact, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned
-        )
+        opened = open_artifact(artifact, trust)
         check_data(opened, for_file(progress, "checking"))
     report(opened)
     lab = opened.lab_name

@@ -11,7 +11,6 @@ decompressed, and each reassembled disk's and golden image's sha256.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +22,8 @@ from vmbuild.artifact.pack import LAB_BUNDLE
 from vmbuild.artifact.pieces import restore, unpacked_size
 from vmbuild.artifact.sign import Signer
 from vmbuild.artifact.sign import verify as verify_signature
+from vmbuild.artifact.trust import Trust
 from vmbuild.log import info, step
-
-ENV_ALLOWED_SIGNERS = "VMBUILD_ALLOWED_SIGNERS"
-
-
-def default_allowed_signers() -> Path:
-    """``$VMBUILD_ALLOWED_SIGNERS``, else ~/.config/vmbuild/allowed_signers."""
-    if explicit := os.environ.get(ENV_ALLOWED_SIGNERS):
-        return Path(explicit)
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "vmbuild" / "allowed_signers"
 
 
 @dataclass(frozen=True)
@@ -131,19 +121,17 @@ def _signatures(layout: Layout, lab: Descriptor) -> list[tuple[Descriptor, bytes
     return found
 
 
-def _check_signature(
-    layout: Layout, lab: Descriptor, allowed_signers: Path | None, allow_unsigned: bool
-) -> Signer | None:
+def _check_signature(layout: Layout, lab: Descriptor, trust: Trust) -> Signer | None:
     signatures = _signatures(layout, lab)
     if not signatures:
-        if allow_unsigned:
+        if trust.allow_unsigned:
             return None
         raise ArtifactError(
             f"the lab manifest {lab.digest} is not signed",
             place=str(layout.path),
             hint="pack it with --sign KEY, or accept an unsigned lab with --allow-unsigned",
         )
-    allowed = allowed_signers or default_allowed_signers()
+    allowed = trust.signers_file()
     failure: ArtifactError | None = None
     for _, signature in signatures:
         try:
@@ -167,12 +155,7 @@ def _entries(layers: list[Descriptor]) -> tuple[Entry, ...]:
     )
 
 
-def open_artifact(
-    artifact: str | Path,
-    *,
-    allowed_signers: Path | None = None,
-    allow_unsigned: bool = False,
-) -> Artifact:
+def open_artifact(artifact: str | Path, trust: Trust) -> Artifact:
     """Check the artifact's manifests, signature and lab files (everything but the
     disks' pieces, which `check_data` reads)."""
     folder, tag = split_reference(str(artifact))
@@ -186,7 +169,7 @@ def open_artifact(
     lab = _one(manifests, LAB_BUNDLE, "lab", where)
     golden = _one(manifests, oci.GOLDEN_ARTIFACT, "golden image", where)
     lab_document = layout.read_json(lab, "the lab manifest")
-    signer = _check_signature(layout, lab, allowed_signers, allow_unsigned)
+    signer = _check_signature(layout, lab, trust)
     checked = [f"signed by {signer.principal} ({signer.fingerprint})" if signer else "unsigned"]
     named = (lab_document.get("annotations") or {}).get(oci.GOLDEN)
     if named != golden.digest:
@@ -268,16 +251,9 @@ def check_data(artifact: Artifact, progress: Callable[[int, int], None] | None =
     )
 
 
-def verify(
-    artifact: str | Path,
-    *,
-    allowed_signers: Path | None = None,
-    allow_unsigned: bool = False,
-) -> Artifact:
+def verify(artifact: str | Path, trust: Trust) -> Artifact:
     with step(f"Verifying {artifact}"):
-        opened = open_artifact(
-            artifact, allowed_signers=allowed_signers, allow_unsigned=allow_unsigned
-        )
+        opened = open_artifact(artifact, trust)
         check_data(opened)
     report(opened)
     return opened
