@@ -694,9 +694,10 @@ def push(
 ) -> None:
     """Push a packed lab (and its signatures) to an OCI registry.
 
-    Blobs the repository already has are not sent again: a second lab on the same
-    golden image, pushed to the same repository, sends only its own disks, seeds
-    and files, and an interrupted push sends only what did not arrive. Credentials
+    Blobs the registry already has are not sent again (those in another of its
+    repositories are mounted from there): a second lab on the same golden image
+    sends only its own disks, seeds and files, and an interrupted push sends only
+    what did not arrive. Credentials
     come from VMBUILD_REGISTRY_USERNAME/VMBUILD_REGISTRY_PASSWORD, else the usual
     auth files ($REGISTRY_AUTH_FILE, containers' auth.json, Docker's config.json).
     """
@@ -710,7 +711,8 @@ def push(
     log.info(
         f"‣ {ref}: {result.digest}; sent {result.sent_blobs} blobs "
         f"({format_size(result.sent_bytes)}), {result.skipped_blobs} were there already "
-        f"({format_size(result.skipped_bytes)})"
+        f"({format_size(result.skipped_bytes)}), {result.mounted_blobs} mounted from "
+        f"other repositories ({format_size(result.mounted_bytes)})"
     )
     if as_json:
         print(json.dumps({"ref": ref, **dataclasses.asdict(result)}, indent=2))

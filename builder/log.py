@@ -70,7 +70,7 @@ def _size(count: float) -> str:
 def transfer(title: str) -> Iterator[Progress]:
     """Progress of moving bytes (packing, pushing, pulling, unpacking): a bar per
     item with bytes, rate and time left on a terminal; otherwise one line per item
-    as it finishes (under -v), and nothing under -q."""
+    as it finishes otherwise, and nothing under -q."""
     if _state["verbosity"] < 1:
         yield lambda name, done, total: None
         return
@@ -80,7 +80,7 @@ def transfer(title: str) -> Iterator[Progress]:
         def line(name: str, done: int, total: int) -> None:
             if done >= total and name not in finished:
                 finished.add(name)
-                detail(f"{name}: {_size(total)}")
+                info(f"    {name}: {_size(total)}")
 
         yield line
         return

@@ -254,6 +254,20 @@ DAMAGES: dict[str, tuple[Callable[[Layout, PackResult], None], str]] = {
         lambda layout, p: _flip(layout, _layer(layout, p.lab, "define.sh")["digest"]),
         "define.sh: blob sha256:",
     ),
+    "manifest.json flipped": (
+        lambda layout, p: _flip(layout, layout.read_json(p.lab, "lab")["config"]["digest"]),
+        "manifest.json: blob sha256:",
+    ),
+    "golden config flipped": (
+        lambda layout, p: _flip(layout, layout.read_json(p.golden, "g")["config"]["digest"]),
+        "the golden image's config: blob sha256:",
+    ),
+    "domain XML truncated": (
+        lambda layout, p: _flip(
+            layout, _layer(layout, p.lab, "vms/web/domain.xml")["digest"], truncate=True
+        ),
+        'vm "web", vms/web/domain.xml: blob sha256:',
+    ),
     "manifest edited after signing": (
         _edit_lab_and_resign,
         "does not verify",

@@ -151,6 +151,15 @@ def make_lab(root: Path, *, pieces: list[bytes] | None = None, tag: str = "2026-
     return Lab(layout, top, lab, golden, piece_descs, signature)
 
 
+def arrived(result: reg.PushResult) -> tuple[int, int]:
+    """Blobs (and bytes) the repository got from a push: sent, or mounted from
+    another repository of the registry (the other tests' share the registry)."""
+    return (
+        result.sent_blobs + result.mounted_blobs,
+        result.sent_bytes + result.mounted_bytes,
+    )
+
+
 def layout_blobs(root: Path) -> dict[str, bytes]:
     folder = root / "blobs" / "sha256"
     return {f"sha256:{p.name}": p.read_bytes() for p in folder.iterdir()}
@@ -208,10 +217,7 @@ def test_round_trip(
     pushed = push(lab.layout.root, "2026-12", ref, progress=progress)
     layout = lab.layout
     assert pushed.digest == lab.top["digest"]
-    assert (pushed.sent_blobs, pushed.sent_bytes) == (
-        len(layout.plain),
-        layout.size_of(layout.plain),
-    )
+    assert arrived(pushed) == (len(layout.plain), layout.size_of(layout.plain))
     assert (pushed.skipped_blobs, pushed.skipped_bytes) == (0, 0)
     assert pushed.referrers == (lab.signature["digest"],)
     # 300 000 bytes in 64 KiB chunks: five steps, the last one the whole blob.
@@ -292,8 +298,8 @@ def test_second_push_sends_only_new_blobs(
     new = layout.plain - on_registry
     # The new piece, the lab config (it names the folder), the golden layer (random)
     # and the golden config is shared; the signature's payload is new, its {} is not.
-    assert result.sent_blobs == len(new) == 4
-    assert result.sent_bytes == layout.size_of(new)
+    assert arrived(result) == (len(new), layout.size_of(new))
+    assert len(new) == 4
     assert result.skipped_blobs == len(layout.plain & on_registry) == 4
     assert result.skipped_bytes == layout.size_of(layout.plain & on_registry)
     assert fresh in {layout.blobs[d] for d in new}
@@ -301,6 +307,35 @@ def test_second_push_sends_only_new_blobs(
     # Pushed again unchanged: nothing is sent.
     again = push(second.layout.root, "2027-01", registry.ref(name, "2027-01"))
     assert (again.sent_blobs, again.skipped_blobs) == (0, len(layout.plain))
+
+
+def test_a_push_to_another_repository_mounts_the_shared_blobs(
+    registry: LocalRegistry,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A second lab pushed to its own repository: the blobs another repository of
+    the registry has are mounted from it (cross-repository mount), not sent."""
+    first = make_lab(tmp_path / "first")
+    shared = [first.layout.data(p) for p in first.pieces[:2]]
+    second = make_lab(tmp_path / "second", pieces=[*shared, os.urandom(120_000)])
+    name = repo(request)
+    push(first.layout.root, "2026-12", registry.ref(f"{name}-a", "2026-12"))
+    result = push(second.layout.root, "2026-12", registry.ref(f"{name}-b", "2026-12"))
+
+    layout = second.layout
+    shared_blobs = layout.plain & first.layout.plain
+    # At least what the first lab's repository has; other tests' repositories on
+    # this registry may hold more (the empty config, say).
+    assert result.mounted_blobs >= len(shared_blobs) > 0
+    assert result.mounted_bytes >= layout.size_of(shared_blobs) >= 500_000
+    assert arrived(result) == (len(layout.plain), layout.size_of(layout.plain))
+    assert 120_000 <= result.sent_bytes < layout.size_of(layout.plain - shared_blobs) + 1
+    assert result.skipped_blobs == 0
+    # Mounted blobs belong to the new repository: it pulls back whole.
+    pulled = pull(registry.ref(f"{name}-b", "2026-12"), tmp_path / "pulled")
+    assert pulled.digest == second.top["digest"]
+    assert layout_blobs(tmp_path / "pulled") == layout.blobs
 
 
 def test_pull_reuses_blobs_already_there(
@@ -497,7 +532,7 @@ def test_credentials_from_the_environment_and_auth_file(
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nowhere"))
     monkeypatch.setenv("VMBUILD_REGISTRY_USERNAME", registry.username)
     monkeypatch.setenv("VMBUILD_REGISTRY_PASSWORD", registry.password)
-    assert push(lab.layout.root, "2026-12", ref).sent_blobs == len(lab.layout.plain)
+    assert arrived(push(lab.layout.root, "2026-12", ref))[0] == len(lab.layout.plain)
     monkeypatch.delenv("VMBUILD_REGISTRY_USERNAME")
     monkeypatch.delenv("VMBUILD_REGISTRY_PASSWORD")
     # podman's form: $REGISTRY_AUTH_FILE, a key with a scheme.
@@ -530,7 +565,7 @@ def test_bearer_tokens(
     token_registry.write_auth(tmp_path / "right")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "right"))
     pushed = push(lab.layout.root, "2026-12", ref)
-    assert pushed.sent_blobs == len(lab.layout.plain)
+    assert arrived(pushed)[0] == len(lab.layout.plain)
     # First a token to read (is the blob there?), then one to write: oras's token
     # for the old scope is dropped and the new scope asked for.
     assert f"repository:{name}:pull" in token_registry.scopes

@@ -55,8 +55,17 @@ class PackResult:
     #: Bytes of blobs that this pack wrote, and of those the layout already had.
     written: int
     reused: int
+    #: The lab manifest's layers: every file of the bundle, a disk in pieces.
+    layers: tuple[Descriptor, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        files: dict[str, dict[str, Any]] = {}
+        for layer in self.layers:
+            entry = files.setdefault(
+                layer.title(), {"vm": layer.annotations.get(oci.VM), "blobs": 0, "size": 0}
+            )
+            entry["blobs"] += 1
+            entry["size"] += layer.size
         return {
             "layout": str(self.layout),
             "tag": self.tag,
@@ -64,8 +73,10 @@ class PackResult:
             "lab_manifest": self.lab.digest,
             "golden_manifest": self.golden.digest,
             "signature": self.signature.digest if self.signature else None,
+            "size": self.written + self.reused,
             "written_bytes": self.written,
             "reused_bytes": self.reused,
+            "files": files,
         }
 
 
@@ -286,7 +297,9 @@ def pack(
     written = sum(blob.size for blob in blobs if blob.digest[7:] not in before)
     reused = sum(blob.size for blob in blobs if blob.digest[7:] in before)
     info(f"‣ Packed {lab!r} as {out}:{tag} ({index.digest[:19]}…)")
-    return PackResult(out, tag, index, lab_manifest, golden, signature, written, reused)
+    return PackResult(
+        out, tag, index, lab_manifest, golden, signature, written, reused, tuple(layers)
+    )
 
 
 def _index(lab: str, lab_manifest: Descriptor, golden: Descriptor) -> dict[str, Any]:

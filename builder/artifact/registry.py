@@ -70,6 +70,8 @@ UPLOAD_CHUNK = 16 << 20
 DOWNLOAD_CHUNK = 1 << 20
 #: Registries must accept manifests of 4 MiB; larger is not a manifest.
 MAX_MANIFEST = 4 << 20
+#: How many other repositories a push looks in for a blob it would send.
+MAX_MOUNT_SOURCES = 50
 #: Seconds to wait for the first answer of a registry.
 PING_TIMEOUT = 15.0
 #: Nesting of image indexes beyond which the tree is refused.
@@ -116,6 +118,9 @@ class PushResult:
     sent_bytes: int = 0
     skipped_blobs: int = 0
     skipped_bytes: int = 0
+    #: Blobs the registry had in another repository, mounted rather than sent.
+    mounted_blobs: int = 0
+    mounted_bytes: int = 0
     #: Digests of the referrer manifests pushed with the tree.
     referrers: tuple[str, ...] = ()
 
@@ -548,6 +553,50 @@ class _Remote:
 
     # -------------------------------------------------------------- blobs
 
+    def repositories(self) -> list[str]:
+        """The registry's other repositories (its catalog, the first
+        ``MAX_MOUNT_SOURCES``), where a blob may be already; none when the registry
+        does not list them to this account."""
+        url = f"{self.client.prefix}://{self.ref.host}/v2/_catalog?n={MAX_MOUNT_SOURCES}"
+        try:
+            with self._guard("listing repositories"):
+                response: requests.Response = self.client.do_request(url, "GET")
+            names = response.json().get("repositories") if response.status_code == 200 else []
+        except (RegistryError, ValueError, AttributeError):
+            return []
+        if not isinstance(names, list):
+            return []
+        return [
+            name
+            for name in names
+            if isinstance(name, str) and name != self.ref.repository and _REPOSITORY.fullmatch(name)
+        ]
+
+    def mount_blob(self, digest: str, sources: list[str]) -> str | None:
+        """Mount a blob that another repository of the registry has (the
+        distribution spec's cross-repository mount) instead of sending it: the
+        repository it came from, or None when none would give it."""
+        for source in sources:
+            head_url = f"{self.client.prefix}://{self.ref.host}/v2/{source}/blobs/{digest}"
+            mount_url = f"{self.base}/blobs/uploads/?mount={digest}&from={source}"
+            try:
+                with self._guard(f"looking for blob {digest} in {source}"):
+                    head: requests.Response = self.client.do_request(head_url, "HEAD")
+                    if head.status_code != 200:
+                        continue
+                    response: requests.Response = self.client.do_request(mount_url, "POST")
+            except RegistryError:
+                continue
+            if response.status_code == 201:
+                return source
+            # 202: the registry would not mount and opened an upload instead.
+            if response.status_code == 202 and (location := response.headers.get("Location")):
+                if location.startswith("/"):
+                    location = f"{self.client.prefix}://{self.ref.host}{location}"
+                with contextlib.suppress(RegistryError), self._guard("cancelling an upload"):
+                    self.client.do_request(location, "DELETE")
+        return None
+
     def has_blob(self, digest: str) -> bool:
         with self._guard(f"checking blob {digest}"):
             return bool(self.client.blob_exists({"digest": digest}, self.container))
@@ -953,12 +1002,21 @@ def push(
             )
 
     remote = _Remote(target, insecure=insecure)
-    sent = sent_bytes = skipped = skipped_bytes = 0
+    sent = sent_bytes = skipped = skipped_bytes = mounted = mounted_bytes = 0
+    sources: list[str] | None = None
     for digest, blob in blobs.items():
         size = sizes[digest]
         if remote.has_blob(digest):
             skipped, skipped_bytes = skipped + 1, skipped_bytes + size
             log.detail(f"{digest}: already on {target.host}")
+            if progress:
+                progress(_name(blob), size, size)
+            continue
+        if sources is None:
+            sources = remote.repositories()
+        if (source := remote.mount_blob(digest, sources)) is not None:
+            mounted, mounted_bytes = mounted + 1, mounted_bytes + size
+            log.detail(f"{digest}: mounted from {source}")
             if progress:
                 progress(_name(blob), size, size)
             continue
@@ -986,6 +1044,8 @@ def push(
         sent_bytes=sent_bytes,
         skipped_blobs=skipped,
         skipped_bytes=skipped_bytes,
+        mounted_blobs=mounted,
+        mounted_bytes=mounted_bytes,
         referrers=tuple(r.top.digest for r in referrers),
     )
 
