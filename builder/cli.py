@@ -748,7 +748,11 @@ def pull(
     )
     result = _unpack(f"{layout}:{ref}", output, trust)
     if as_json:
-        print(json.dumps({"ref": ref, **result.to_json()}, indent=2))
+        print(
+            json.dumps(
+                {"ref": ref, "pulled": dataclasses.asdict(pulled), **result.to_json()}, indent=2
+            )
+        )
     else:
         print(result.bundle)
 

@@ -9,8 +9,10 @@ libguestfs and the next build of the profile finds nothing to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -158,6 +160,33 @@ def test_an_unsigned_lab_needs_allow_unsigned(labs: Labs, tmp_path: Path, run_cl
     assert result.code == 2
     assert "is not signed" in result.err and "--allow-unsigned" in result.err
     assert run_cli("verify", tmp_path / "unsigned", "--allow-unsigned").code == 0
+
+
+def test_a_terminal_gets_a_progress_bar(labs: Labs, tmp_path: Path) -> None:
+    """On a terminal, pack draws a bar per file with bytes, rate and time left; on
+    a pipe, one line per file."""
+    main_fd, terminal = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "150"}
+    vmbuild = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "vmbuild")
+    process = subprocess.Popen(
+        [vmbuild, "pack", str(labs.bundle), "-o", str(tmp_path / "tty")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal, env=env,
+    )  # fmt: skip
+    os.close(terminal)
+    seen = b""
+    with contextlib.suppress(OSError):  # EIO once the process has closed its end
+        while chunk := os.read(main_fd, 65536):
+            seen += chunk
+    os.close(main_fd)
+    assert process.wait(timeout=120) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert "packing golden.qcow2" in text and "━" in text
+    assert re.search(r"[0-9.]+/[0-9.]+ (KiB|MiB)", text), text[-2000:]
+    piped = subprocess.run(
+        [vmbuild, "pack", str(labs.bundle), "-o", str(tmp_path / "pipe")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "    vms/web/disk.qcow2: " in piped.stderr and "━" not in piped.stderr
 
 
 # ---------------------------------------------------------------- refusals
@@ -511,9 +540,11 @@ def test_push_pull_round_trip_through_a_registry(
     # And its pull reuses the golden image's blobs from the cache's layout.
     again = run_cli(
         "pull", registry.ref("labs", "art2"), "-o", tmp_path / "out", "--allowed-signers",
-        labs.keys.allowed,
+        labs.keys.allowed, "--json",
     )  # fmt: skip
     assert again.code == 0, again.err
+    reused = json.loads(again.out)["pulled"]["reused_bytes"]
+    assert reused >= sum(d.size for d in golden)
     assert sorted(p.name for p in (tmp_path / "cache" / "golden").glob("*.qcow2")) == [
         "golden.qcow2"
     ]
