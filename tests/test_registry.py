@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -677,6 +678,52 @@ def test_references_and_plain_http() -> None:
     assert reg.is_loopback("localhost")
     assert not reg.is_loopback("registry.example.org:5000")
     assert not reg.is_loopback("10.0.0.1")
+
+
+PLAIN_HTTP_CHECK = """
+import http.server, sys, threading
+from pathlib import Path
+from vmbuild.artifact.registry import RegistryError, push
+
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(401)
+        self.send_header("Www-Authenticate", 'Basic realm="test"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("192.0.2.77", 0), Answer)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+ref = f"192.0.2.77:{server.server_address[1]}/labs/demo:v1"
+for insecure in (False, True):
+    try:
+        push(Path(sys.argv[1]), "2026-12", ref, insecure=insecure)
+    except RegistryError as err:
+        print(f"insecure={insecure}: {err.message}")
+"""
+
+
+def test_plain_http_only_for_loopback_or_insecure(tmp_path: Path) -> None:
+    """A registry on an address that is not loopback (a documentation address in a
+    network namespace of its own, speaking plain HTTP): vmbuild speaks TLS to it and
+    fails, unless --insecure, when it speaks HTTP and gets the registry's answer."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a network namespace")
+    lab = make_lab(tmp_path / "lab")
+    script = tmp_path / "check.py"
+    script.write_text(PLAIN_HTTP_CHECK)
+    shell = f'ip link set lo up && ip addr add 192.0.2.77/32 dev lo && exec {sys.executable} "$@"'
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", shell, "sh", str(script), str(lab.layout.root)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    assert lines[0].startswith("insecure=False: ") and "TLS" in lines[0], lines[0]
+    assert lines[1].startswith("insecure=True: ") and "wants credentials" in lines[1], lines[1]
 
 
 def skopeo_raw(registry: LocalRegistry, image: str) -> bytes:
