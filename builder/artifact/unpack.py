@@ -39,6 +39,7 @@ from vmbuild.model.profile import DiskFormat, DiskMode
 from vmbuild.output.bundle import (
     MANIFEST,
     SUMS,
+    bundle_disks,
     check_target,
     lab_lock,
     publish,
@@ -193,15 +194,6 @@ def _manifest(artifact: Artifact, stage: Path, final: Path, golden: Path) -> byt
     return (json.dumps(manifest, indent=2) + "\n").encode()
 
 
-def _existing_disks(final: Path) -> dict[str, tuple[Path, str]]:
-    disks = {}
-    for path in sorted(final.glob("vms/*/disk.*")):
-        fmt = path.suffix.lstrip(".")
-        if fmt in ("qcow2", "raw") and not path.is_symlink():
-            disks[path.parent.name] = (path, fmt)
-    return disks
-
-
 def unpack(
     artifact: str | Path,
     output: Path,
@@ -238,7 +230,7 @@ def unpack(
                     name: file_digest(stage / name) for name in tree_files(stage) if name != SUMS
                 }
                 write_atomic(stage / SUMS, sums_text(Path(), digests).encode())
-            disks = _existing_disks(final)
+            disks = {vm: (path, fmt) for vm, path, fmt in bundle_disks(final)}
             refuse_running({name: "replace" for name in disks}, disks)
             publish(stage, final)
     info(f"‣ Unpacked {lab!r} into {final}; define it with: sh {final}/define.sh")

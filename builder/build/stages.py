@@ -32,7 +32,7 @@ from vmbuild.libvirt.inuse import refuse_running
 from vmbuild.log import detail, info, step
 from vmbuild.model.plan import Plan, VmPlan
 from vmbuild.model.profile import DiskMode, control_character, format_size
-from vmbuild.output.bundle import MANIFEST, publish
+from vmbuild.output.bundle import MANIFEST, bundle_disks, publish
 from vmbuild.output.domain import domain_xml
 from vmbuild.output.seed import seed_files, seed_iso_bytes, source_date_epoch
 from vmbuild.plugins.manager import Plugins
@@ -317,12 +317,10 @@ def _touched_disks(
     refreshed = {by_name[name].disk.file for name in refresh}
     changes: dict[str, str] = {}
     disks: dict[str, tuple[Path, str]] = {}
-    for path in sorted(final.glob("vms/*/disk.*")):
+    for vm, path, fmt in bundle_disks(final):
         name = str(path.relative_to(final))
-        fmt = path.suffix.lstrip(".")
-        if name in kept or fmt not in ("qcow2", "raw") or path.is_symlink():
+        if name in kept:
             continue
-        vm = path.parent.name
         if name in refreshed:
             changes[vm] = "copy and edit"
         else:

@@ -178,6 +178,17 @@ def sums_text(root: Path, digests: dict[str, str]) -> str:
     return "".join(lines)
 
 
+def bundle_disks(final: Path) -> list[tuple[str, Path, str]]:
+    """The VM disks a bundle holds (``vms/<vm>/disk.qcow2`` or ``.raw``, no links),
+    sorted by path, each with its VM and format: those a running VM may hold open."""
+    found = []
+    for path in sorted(final.glob("vms/*/disk.*")):
+        fmt = path.suffix.lstrip(".")
+        if fmt in ("qcow2", "raw") and not path.is_symlink():
+            found.append((path.parent.name, path, fmt))
+    return found
+
+
 def tree_files(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
