@@ -20,6 +20,7 @@ so packing the same bundle twice gives the same bytes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import stat
 from collections.abc import Mapping
@@ -165,6 +166,7 @@ def _pack_golden(
     if known is not None:
         info(f"  golden image {path.name}: already in {layout.path}")
         return known, 0
+    whole = hashlib.sha256()
     with step(f"Packing the golden image {path.name}"):
         pieces = pack_file(
             layout,
@@ -172,8 +174,9 @@ def _pack_golden(
             {oci.TITLE: path.name},
             piece_size=piece_size,
             progress=for_file(progress, path.name),
+            whole=whole,
         )
-    sha = file_digest(path)
+    sha = whole.hexdigest()
     if sha != base["sha256"]:
         raise ArtifactError(
             f"the golden image {path} changed since the lab was built "

@@ -40,9 +40,9 @@ def for_file(progress: ItemProgress | None, name: str) -> Progress | None:
     return lambda done, total: progress(name, done, total)
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def _compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(
-        level=level, threads=max(1, os.cpu_count() or 1), write_checksum=True
+        level=LEVEL, threads=max(1, os.cpu_count() or 1), write_checksum=True
     )
 
 
@@ -52,10 +52,11 @@ def pack_file(
     annotations: Mapping[str, str],
     *,
     piece_size: int = MAX_PIECE,
-    level: int = LEVEL,
     progress: Progress | None = None,
+    whole: hashlib._Hash | None = None,
 ) -> list[Descriptor]:
-    """Store ``path`` in ``layout`` as pieces; their descriptors, in order."""
+    """Store ``path`` in ``layout`` as pieces; their descriptors, in order.
+    ``whole``, when given, is fed every byte of the file on the way."""
     if not 0 < piece_size <= MAX_PIECE:
         raise ValueError(f"piece size {piece_size} is not in 1..{MAX_PIECE}")
     total = path.stat().st_size
@@ -67,7 +68,7 @@ def pack_file(
             piece_hash = hashlib.sha256()
             with (
                 layout.writing() as blob,
-                _compressor(level).stream_writer(
+                _compressor().stream_writer(
                     cast(IO[bytes], blob), size=length, closefd=False
                 ) as out,
             ):
@@ -77,6 +78,8 @@ def pack_file(
                     if not data:
                         raise ArtifactError(f"{path} shrank while it was being packed")
                     piece_hash.update(data)
+                    if whole is not None:
+                        whole.update(data)
                     out.write(data)
                     left -= len(data)
                     if progress is not None:
