@@ -16,7 +16,7 @@ import stat
 import sys
 import traceback
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -100,6 +100,18 @@ VerboseOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Show errors only.")]
+ConnectOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--connect",
+        "-c",
+        metavar="[HOST=]URI",
+        help="libvirt URI of the local host (default: the profile's [hosts.local], else "
+        "$LIBVIRT_DEFAULT_URI, else qemu:///system), or HOST=URI for a host the profile "
+        "names, for this run. Repeatable.",
+        show_default=False,
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -252,6 +264,7 @@ def build(
 
     plugins = load_plugins(profile)
     plan = make_plan(profile, plugins)
+    _warn_placement(plan)
     result = run_build(plan, plugins, output, source=profile.path, force=force)
     if log.verbosity() > 0:
         _warn_unreachable(result.bundle, result.manifest)
@@ -265,6 +278,13 @@ def build(
                 f"{kept} kept); define them with: sh {result.bundle}/define.sh"
             )
         print(result.bundle)
+
+
+def _warn_placement(plan: Plan) -> None:
+    from vmbuild.model.plan import placement_warnings
+
+    for warning in placement_warnings(plan):
+        log.warn(warning)
 
 
 def _warn_unreachable(bundle: Path, manifest: dict[str, Any]) -> None:
@@ -313,6 +333,7 @@ def validate(
     from vmbuild.plugins.manager import load_plugins
 
     plan = make_plan(profile, load_plugins(profile))
+    _warn_placement(plan)
     if not no_base:
         inspect_base(plan, profile.path)
     log.info(f"{profile.path}: OK, lab {plan.lab!r} with {len(plan.vms)} VMs")
@@ -344,6 +365,7 @@ def plan_command(
 
     plugins = load_plugins(profile)
     plan = make_plan(profile, plugins)
+    _warn_placement(plan)
     if inspect:
         from vmbuild.build.base import inspect_base
         from vmbuild.build.customize import inspect_only, plan_operations
@@ -475,16 +497,7 @@ def doctor(
 @reporting
 def check(
     bundle: BundleArg,
-    connect: Annotated[
-        str | None,
-        typer.Option(
-            "--connect",
-            "-c",
-            metavar="URI",
-            help="libvirt connection, e.g. qemu:///system (default: virsh's own).",
-            show_default=False,
-        ),
-    ] = None,
+    connect: ConnectOpt = None,
     wait: Annotated[
         float,
         typer.Option(
@@ -509,10 +522,19 @@ def check(
     (or is not running, or its agent does not answer).
     """
     from vmbuild.commands.check import check_bundle, table
+    from vmbuild.deploy.survey import parse_pairs
     from vmbuild.libvirt.virsh import Virsh
 
+    overrides = parse_pairs(connect or [], "uri", "--connect")
+    local = Virsh(overrides.get("local"))
+    on_hosts: dict[str, Virsh] = {}
+    with contextlib.suppress(OSError, ValueError):  # an older bundle: every VM local
+        plan = Plan.from_json((bundle / "plan.json").read_text())
+        for vm in plan.vms:
+            uri = overrides.get(vm.host) or plan.host(vm.host).uri
+            on_hosts[vm.name] = Virsh(uri) if uri else local
     log.info(f"‣ Checking the VMs of {bundle}" + (f" (waiting up to {wait:.0f}s)" if wait else ""))
-    reports = check_bundle(bundle, Virsh(connect), wait, progress=log.info)
+    reports = check_bundle(bundle, local, wait, progress=log.info, on_hosts=on_hosts)
     ok = all(report.ok for report in reports)
     if as_json:
         print(json.dumps({"bundle": str(bundle), "ok": ok, "vms": [r.to_json() for r in reports]}))
@@ -744,7 +766,7 @@ def pull(
         pulled = run_pull(ref, layout, tag=ref, insecure=insecure, progress=progress)
     log.info(
         f"‣ {ref}: {pulled.digest}; fetched {pulled.fetched_blobs} blobs "
-        f"({format_size(pulled.fetched_bytes)}), {pulled.reused_blobs} were here already"
+        f"({log.size_text(pulled.fetched_bytes)}), {pulled.reused_blobs} were here already"
     )
     result = _unpack(f"{layout}:{ref}", output, trust)
     if as_json:
@@ -757,12 +779,317 @@ def pull(
         print(result.bundle)
 
 
+# ------------------------------------------------------------------ lab on hosts
+
+SourceArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="SOURCE",
+        help="The lab: a bundle folder (OUTPUT/<lab>), a profile (its bundle in ./output; "
+        "deploy and up build it first), an artifact (DIR[:TAG]) or a registry reference "
+        "(HOST/REPOSITORY:TAG).",
+        show_default=False,
+    ),
+]
+VmsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="VM", help="Only these VMs (default: every VM of the lab).", show_default=False
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabRequest:
+    """What a lab command was asked to act on."""
+
+    source: str
+    vms: tuple[str, ...]
+    connect: dict[str, str]
+    trust: Trust
+    insecure: bool
+
+    def load(self, *, build: bool) -> Any:
+        """The Source; a profile is built first when ``build``, else its bundle read."""
+        from vmbuild.deploy.source import open_source, read_bundle
+
+        path = Path(self.source)
+        if path.suffix == ".toml" and path.is_file():
+            profile = load_profile(path)
+            if not build:
+                return read_bundle(Path("output") / profile.name, name=self.source)
+            from vmbuild.build.pipeline import build as run_build
+            from vmbuild.plugins.manager import load_plugins
+
+            plugins = load_plugins(profile)
+            result = run_build(make_plan(profile, plugins), plugins, Path("output"), source=path)
+            return read_bundle(result.bundle, name=self.source)
+        with log.transfer("unpacking") as progress:
+            return open_source(self.source, self.trust, insecure=self.insecure, progress=progress)
+
+    @contextlib.contextmanager
+    def open(self, *, build: bool = False) -> Any:
+        """(source, hosts, vms): the lab, a connection to each of its hosts, the VMs."""
+        from vmbuild.deploy.survey import close, open_hosts
+
+        source = self.load(build=build)
+        vms = source.vms(self.vms)
+        hosts = open_hosts(source.plan, self.connect)
+        try:
+            yield source, hosts, vms
+        finally:
+            close(hosts)
+
+
+def lab_options(*, vms: bool = True) -> Callable[[F], F]:
+    """SOURCE, [VM]..., --connect, --insecure and the trust options: the command
+    receives them as one `LabRequest`, its ``lab`` parameter."""
+
+    def request(values: dict[str, Any]) -> dict[str, Any]:
+        from vmbuild.deploy.survey import parse_pairs
+
+        return {
+            "lab": LabRequest(
+                values["source"],
+                tuple(values.get("vm_names") or ()),
+                parse_pairs(values["connect"] or [], "uri", "--connect"),
+                Trust(values["allowed_signers"], values["allow_unsigned"]),
+                values["insecure"],
+            )
+        }
+
+    options: dict[str, tuple[Any, Any]] = {"source": (SourceArg, ...)}
+    if vms:
+        options["vm_names"] = (VmsArg, None)
+    options |= {
+        "connect": (ConnectOpt, None),
+        "allowed_signers": (AllowedSignersOpt, None),
+        "allow_unsigned": (AllowUnsignedOpt, False),
+        "insecure": (InsecureOpt, False),
+    }
+    return _adding_options(options, request, replaces=("lab",))
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """Columns aligned, on stdout."""
+    lines = [header, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _print_results(results: list[Any], as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """Per-VM results as a table (or JSON); exit 3 when any VM failed."""
+    ok = all(r.ok for r in results)
+    if as_json:
+        print(
+            json.dumps({"ok": ok, "vms": [r.to_json() for r in results], **(extra or {})}, indent=2)
+        )
+    else:
+        _table(
+            ("VM", "HOST", "RESULT"),
+            [(r.vm, r.host, r.message if r.ok else f"FAILED: {r.message}") for r in results],
+        )
+    if not ok:
+        raise typer.Exit(int(ExitCode.BUILD))
+
+
+def _deploy(lab: LabRequest, pools: list[str], replace: bool) -> tuple[Any, list[Any]]:
+    from vmbuild.deploy.deploy import deploy as run_deploy
+    from vmbuild.deploy.survey import parse_pairs
+
+    overrides = parse_pairs(pools, "pool", "--pool")
+    with lab.open(build=True) as (source, hosts, _vms):
+        pool_names = {name: overrides.get(name) or source.plan.host(name).pool for name in hosts}
+        with log.transfer("sending") as progress:
+            reports = run_deploy(source, hosts, pool_names, replace=replace, progress=progress)
+    for report in reports:
+        done = {
+            a: sum(v == a for v in report.actions.values()) for a in set(report.actions.values())
+        }
+        summary = ", ".join(f"{count} {action}" for action, count in sorted(done.items()))
+        log.info(
+            f"‣ {report.host} ({report.uri}): {summary}; sent {log.size_text(report.sent.bytes)} "
+            f"in {len(report.sent.volumes)} volume(s)"
+            + (f", removed {len(report.retired)} unused" if report.retired else "")
+        )
+    return source, reports
+
+
+PoolOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pool",
+        metavar="[HOST=]POOL",
+        help="Storage pool for the lab's volumes on the local host (or on HOST), instead "
+        "of the profile's (default: default). Repeatable.",
+        show_default=False,
+    ),
+]
+ReplaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replace",
+        help="Undefine a shut-off domain that has a VM's name or UUID but was not deployed "
+        "by this lab, and deploy the VM in its place. A running domain is never touched.",
+    ),
+]
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+@lab_options(vms=False)
+def deploy(
+    lab: LabRequest,
+    pool: PoolOpt = None,
+    start: Annotated[bool, typer.Option("--start", help="Start the VMs once deployed.")] = False,
+    replace: ReplaceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Define a lab's VMs on their libvirt hosts, through libvirt's API.
+
+    Each host gets the golden image once, as a volume named by its digest, sent as a
+    sparse stream only when it lacks it; each VM's overlay (re-pointed to that
+    volume) and seed become volumes beside it, and its domain is defined with
+    metadata naming the lab. Deploying again sends and redefines nothing; a changed
+    VM is redefined alone. A domain this lab did not deploy, or a running one that
+    would change, is never touched. A host that fails is left as it was (or with
+    the lab's previous state); a rerun finishes the job.
+    """
+    from vmbuild.deploy import lifecycle
+
+    source, reports = _deploy(lab, pool or [], replace)
+    results = []
+    if start:
+        with lab.open() as (_source, hosts, vms):
+            results = lifecycle.each(source, hosts, vms, lifecycle.start)
+    if as_json:
+        print(json.dumps({"source": source.digest, "hosts": [r.to_json() for r in reports],
+                          "started": [r.to_json() for r in results]}, indent=2))  # fmt: skip
+    else:
+        rows = [(vm, r.host, action) for r in reports for vm, action in r.actions.items()]
+        _table(("VM", "HOST", "DEPLOYED"), rows)
+    if any(not r.ok for r in results):
+        raise typer.Exit(int(ExitCode.BUILD))
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+@lab_options()
+def up(lab: LabRequest, pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
+    """Deploy the lab where it is not deployed as it is, then start its VMs (or
+    those named) in profile order."""
+    from vmbuild.deploy import lifecycle
+
+    source, _reports = _deploy(dataclasses.replace(lab, vms=()), pool or [], False)
+    with lab.open() as (_source, hosts, vms):
+        _print_results(lifecycle.each(source, hosts, vms, lifecycle.start), as_json)
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+@lab_options()
+def down(
+    lab: LabRequest,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", metavar="SECONDS", min=0, help="How long to wait for the VMs to shut down."
+        ),
+    ] = 120,
+    force: Annotated[
+        bool, typer.Option("--force", help="Power off what is still running after --timeout.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Shut the lab's VMs (or those named) down, in reverse profile order: through
+    the guest agent, else ACPI; wait up to --timeout, then --force powers off."""
+    from vmbuild.deploy import lifecycle
+
+    with lab.open() as (source, hosts, vms):
+        results = lifecycle.down(source, hosts, vms, timeout=timeout, force=force)
+    _print_results(results, as_json)
+
+
+def _lab_verb(name: str, summary: str) -> None:
+    """A lab command that runs one of `lifecycle.VERBS` on each VM."""
+
+    @app.command(name, help=summary)
+    @reporting
+    @log_options(quiet=True)
+    @lab_options()
+    def command(lab: LabRequest, as_json: JsonOpt = False) -> None:
+        from vmbuild.deploy import lifecycle
+
+        with lab.open() as (source, hosts, vms):
+            results = lifecycle.VERBS[name](source, hosts, vms)
+        _print_results(results, as_json)
+
+
+_lab_verb("suspend", "Pause the lab's running VMs (or those named).")
+_lab_verb("resume", "Resume the lab's paused VMs (or those named).")
+_lab_verb(
+    "reset",
+    "Put each VM's disk (or the named VMs') back to the state it was built in: its "
+    "volume is written anew from SOURCE. A running VM is powered off first and started "
+    "again afterwards; what it wrote to its disk is gone.",
+)
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+@lab_options()
+def destroy(lab: LabRequest, as_json: JsonOpt = False) -> None:
+    """Stop and undefine the lab's domains (or the named VMs') and delete the volumes
+    its deploy made; for the whole lab also its network (when the deploy made it and
+    no other domain uses it) and the golden volume (when no domain uses it any more).
+    Nothing that this lab did not deploy is touched. Says what was removed."""
+    from vmbuild.deploy import lifecycle
+
+    with lab.open() as (source, hosts, vms):
+        results, removed = lifecycle.destroy(source, hosts, vms, whole_lab=not lab.vms)
+    for host in removed:
+        if host.error:
+            log.warn(f"{host.host}: {host.error}")
+    try:
+        _print_results(results, as_json, {"removed": {h.host: h.items for h in removed}})
+    finally:
+        if not as_json:
+            for host in removed:
+                print(f"{host.host}: removed {', '.join(host.items) if host.items else 'nothing'}")
+    if any(h.error for h in removed):
+        raise typer.Exit(int(ExitCode.BUILD))
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+@lab_options()
+def status(lab: LabRequest, as_json: JsonOpt = False) -> None:
+    """A table of the lab's VMs: host, state, autostart, IP and VNC, each asked of the
+    VM's own host."""
+    from vmbuild.deploy import lifecycle
+
+    with lab.open() as (source, hosts, vms):
+        rows = lifecycle.status(source, hosts, vms)
+    if as_json:
+        print(json.dumps({"lab": source.plan.lab, "vms": [r.to_json() for r in rows]}, indent=2))
+    else:
+        print(lifecycle.table(rows))
+
+
 def _print_plan(plan: Plan) -> None:
     net = plan.network
     where = f"{net.type.value} {net.source}" if net.source else net.type.value
     base = plan.base.describe()
     print(f"lab {plan.lab} ({plan.domain_type.value}), base {base}, {where} {net.subnet}")
-    rows = [("NAME", "HOSTNAME", "IP", "MAC", "VNC", "CPU", "MEMORY", "DISK")]
+    placed = len(plan.placement()) > 1 or any(vm.host != "local" for vm in plan.vms)
+    header: tuple[str, ...] = ("NAME", "HOSTNAME", "IP", "MAC", "VNC", "CPU", "MEMORY", "DISK")
+    rows: list[tuple[str, ...]] = [header + (("HOST",) if placed else ())]
     for vm in plan.vms:
         rows.append(
             (
@@ -774,12 +1101,10 @@ def _print_plan(plan: Plan) -> None:
                 str(vm.vcpus),
                 format_size(vm.memory),
                 f"{vm.disk.mode.value} {format_size(vm.disk.size) if vm.disk.size else 'as base'}",
+                *((vm.host,) if placed else ()),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    _table(rows[0], rows[1:])
     if plan.guest is not None:
         print(f"\ngolden image: {plan.guest.family}")
         for vm in plan.vms:

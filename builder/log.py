@@ -58,7 +58,8 @@ def step(title: str) -> Iterator[Timing]:
 Progress = Callable[[str, int, int], None]
 
 
-def _size(count: float) -> str:
+def size_text(count: float) -> str:
+    """A byte count as people read it: 512 B, 3.4 MiB, 1.2 GiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
@@ -80,7 +81,7 @@ def transfer(title: str) -> Iterator[Progress]:
         def line(name: str, done: int, total: int) -> None:
             if done >= total and name not in finished:
                 finished.add(name)
-                info(f"    {name}: {_size(total)}")
+                info(f"    {name}: {size_text(total)}")
 
         yield line
         return

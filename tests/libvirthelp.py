@@ -14,6 +14,14 @@ from pathlib import Path
 import pytest
 
 URI = "qemu:///system"
+#: The marks of a test that boots guests: everything the boot tier needs.
+BOOT_TIER = [
+    pytest.mark.slow,
+    pytest.mark.libvirt,
+    pytest.mark.guestfs,
+    pytest.mark.boot,
+    pytest.mark.golden_image,
+]
 REQUIRED = os.environ.get("VMBUILD_REQUIRE_LIBVIRT") == "1"
 
 

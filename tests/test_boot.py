@@ -31,17 +31,11 @@ from typing import Any
 import pytest
 from debiangolden import Built
 from guestimages import read_guest_files
-from libvirthelp import URI, define, virsh
+from libvirthelp import BOOT_TIER, URI, define, virsh
 from registry import LocalRegistry, registry_fixture  # noqa: F401 (the fixture registry)
 from vmbuild.cli import main
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.libvirt,
-    pytest.mark.guestfs,
-    pytest.mark.boot,
-    pytest.mark.golden_image,
-]
+pytestmark = BOOT_TIER
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "profiles" / "demo.toml"

@@ -23,10 +23,11 @@ VALID: dict[str, Any] = {
     "defaults": {},
     "root": {},
     "user": {"name": "lab"},
+    "hosts": {"hv2": {"uri": "qemu:///system"}},
     "vm": [{"name": "web", "ip": "192.0.2.10"}],
 }
 #: Where each table's problems are reported.
-PLACES = {table: table for table in SETTINGS} | {"vm": 'vm "web"'}
+PLACES = {table: table for table in SETTINGS} | {"vm": 'vm "web"', "hosts": "hosts.hv2"}
 
 CASES = [(table, key) for table, keys in PROFILE_KEYS.items() for key in keys]
 SETTING_CASES = [(table, key) for table, settings in SETTINGS.items() for key in settings]
@@ -38,6 +39,9 @@ def _table(raw: dict[str, Any], table: str) -> dict[str, Any]:
     if table == "vm":
         entry: dict[str, Any] = raw["vm"][0]
         return entry
+    if table == "hosts":  # a table of tables: [hosts.NAME]
+        host: dict[str, Any] = raw["hosts"]["hv2"]
+        return host
     part: dict[str, Any] = raw[table]
     return part
 

@@ -276,14 +276,16 @@ def check_bundle(
     virsh: Virsh,
     wait: float = 0.0,
     progress: Callable[[str], None] = lambda _: None,
+    on_hosts: Mapping[str, Virsh] | None = None,
 ) -> list[VmReport]:
-    """Check every VM of ``bundle``, in parallel; ``wait`` seconds for each to be ready."""
+    """Check every VM of ``bundle``, in parallel; ``wait`` seconds for each to be ready.
+    A VM is asked through ``on_hosts[vm]`` (its own host's libvirt), else ``virsh``."""
     wanted = load_expected(bundle)
     start = time.monotonic()
 
     def one(want: Expected) -> VmReport:
         try:
-            report = check_vm(virsh, want, wait, start)
+            report = check_vm((on_hosts or {}).get(want.name, virsh), want, wait, start)
         except VirshError as err:  # one VM's trouble must not cost the others' report
             report = VmReport(want.name)
             report.add("domain", _domain_problem(err), "running")

@@ -22,6 +22,7 @@ from vmbuild.model.codec import from_data
 from vmbuild.model.codec import to_data as to_data  # re-exported: the build imports it here
 from vmbuild.model.facts import GuestFacts
 from vmbuild.model.profile import (
+    DEFAULT_POOL,
     Account,
     Base,
     Bus,
@@ -35,6 +36,7 @@ from vmbuild.model.profile import (
     VmSpec,
     find_duplicates,
 )
+from vmbuild.model.profile import LOCAL_HOST as LOCAL_HOST  # re-exported: deploy imports it here
 
 if TYPE_CHECKING:
     from vmbuild.plugins.manager import Plugins
@@ -104,6 +106,9 @@ class VmPlan:
     operations: tuple[dict[str, Any], ...] = ()
     #: Plugins' own data about this VM (``vmbuild_plan_vm``), JSON-able.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The libvirt host the VM is deployed on: a name from the profile's [hosts], or
+    #: LOCAL_HOST (this machine) when the profile places it nowhere else.
+    host: str = LOCAL_HOST
 
     @property
     def folder(self) -> str:
@@ -127,6 +132,18 @@ class NetworkPlan:
 
 
 @dataclass(frozen=True)
+class HostPlan:
+    """A libvirt host of the lab, as the profile names it."""
+
+    name: str
+    #: Its libvirt URI; None for a ``local`` the profile does not declare (deploy then
+    #: uses --connect, $LIBVIRT_DEFAULT_URI or qemu:///system).
+    uri: str | None
+    #: The storage pool the lab's volumes go into.
+    pool: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
 class Plan:
     format: int
     lab: str
@@ -140,8 +157,28 @@ class Plan:
     vms: tuple[VmPlan, ...]
     #: What inspection found in the golden image, once it was inspected.
     guest: GuestFacts | None = None
+    #: The hosts the profile declares, in its order.
+    hosts: tuple[HostPlan, ...] = ()
+
+    def host(self, name: str) -> HostPlan:
+        """A declared host, or the undeclared ``local``; KeyError for anything else."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        if name == LOCAL_HOST:
+            return HostPlan(LOCAL_HOST, None, DEFAULT_POOL)
+        raise KeyError(name)
+
+    def placement(self) -> dict[str, tuple[VmPlan, ...]]:
+        """Each host that runs VMs of the lab -> its VMs, in profile order (hosts in the
+        order of their first VM)."""
+        out: dict[str, list[VmPlan]] = {}
+        for vm in self.vms:
+            out.setdefault(vm.host, []).append(vm)
+        return {name: tuple(vms) for name, vms in out.items()}
 
     def vm(self, name: str) -> VmPlan:
+        """The VM named ``name``; KeyError if the lab has none."""
         for vm in self.vms:
             if vm.name == name:
                 return vm
@@ -162,6 +199,33 @@ class Plan:
         if found != PLAN_FORMAT:
             raise ValueError(f"unsupported plan format {found!r}")
         return from_data(cls, data)
+
+
+def placement_warnings(plan: Plan) -> list[str]:
+    """What a lab spread over several hosts cannot do: only a bridge reaches from one
+    host to another, while a libvirt network (and user-mode networking) is each host's
+    own. Empty when every VM is on one host, or the network is a bridge."""
+    hosts = list(plan.placement())
+    net = plan.network
+    if len(hosts) < 2 or net.type is NetType.BRIDGE:
+        return []
+    if net.type is NetType.USER:
+        detail = "user-mode networking gives each VM a network of its own"
+    elif net.create:
+        detail = (
+            f'network.create makes the isolated network "{net.source}" once per host, '
+            "and the copies are not connected"
+        )
+    else:
+        detail = (
+            f'libvirt network "{net.source}" is each host\'s own '
+            "(an isolated network.create network exists once per host)"
+        )
+    return [
+        f"the lab's VMs are on {len(hosts)} hosts ({', '.join(hosts)}): VMs on different "
+        'hosts can only reach each other over a bridged LAN (network.type = "bridge"); '
+        f"{detail}"
+    ]
 
 
 # ------------------------------------------------------------------ derivation
@@ -294,6 +358,7 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
                 xml=f"vms/{spec.name}/domain.xml",
                 root=spec.root,
                 user=spec.user,
+                host=spec.host,
             )
         )
 
@@ -317,6 +382,7 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
         network=network,
         plugins=profile.plugins,
         vms=tuple(vms),
+        hosts=tuple(HostPlan(host.name, host.uri, host.pool) for host in profile.hosts),
     )
     if plugins is None:
         return plan

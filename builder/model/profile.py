@@ -136,6 +136,24 @@ class Network:
     create: bool = False
 
 
+#: The host a VM runs on when the profile places it nowhere else: the machine deploy
+#: runs on. A profile may declare it ([hosts.local]) to give it a URI or a pool.
+LOCAL_HOST = "local"
+#: The storage pool of a host that names none.
+DEFAULT_POOL = "default"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A libvirt host the profile declares ([hosts.NAME]): where some of its VMs run."""
+
+    name: str
+    #: Its libvirt URI, e.g. qemu+ssh://root@hv2.example/system.
+    uri: str
+    #: The libvirt storage pool the lab's volumes go into.
+    pool: str
+
+
 @dataclass(frozen=True)
 class VmSpec:
     """One VM as the profile describes it, with the lab's defaults applied."""
@@ -158,6 +176,8 @@ class VmSpec:
     vnc_listen: str
     vnc_keymap: str | None
     autostart: bool
+    #: The host the VM runs on: a name from [hosts], or LOCAL_HOST.
+    host: str
     root: Account | None
     user: Account | None
     #: Where this VM was defined, for messages: 'vm "slave3"' or 'vm[2]'.
@@ -179,6 +199,8 @@ class Profile:
     network: Network
     vms: tuple[VmSpec, ...]
     plugins: tuple[str, ...]
+    #: The hosts the profile declares ([hosts.NAME]), in its order.
+    hosts: tuple[HostSpec, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -239,6 +261,9 @@ _CRYPT = re.compile(r"\$(?:1|2[abxy]|5|6|y|gy|7|sha1)\$[./A-Za-z0-9$=,]+")
 _KEYMAP = re.compile(r"[a-z]{2}(?:-[a-z]+)?")
 _NIC_MODEL = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _NET_SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+#: A libvirt URI: a scheme (qemu, qemu+ssh, qemu+tcp, ...), "://", then no spaces.
+_LIBVIRT_URI = re.compile(r"[a-z][a-z0-9+]*://\S*")
+_POOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators,
 #: as a regex class body: none of them may appear in a profile's values.
 _CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
@@ -707,6 +732,18 @@ _keymap = _matching(_KEYMAP, "is not a keymap like en-us or de")
 _nic_model = _matching(_NIC_MODEL, "is not a NIC model like virtio or e1000")
 _debian_release = _matching(DEBIAN_RELEASE, "is not a Debian release name like bookworm")
 _package = _matching(DEBIAN_PACKAGE, "is not a Debian package name")
+_host_name = _matching(
+    _HOST_LABEL,
+    "is not a host name (1-63 letters, digits or '-', not starting or ending with '-')",
+)
+_libvirt_uri = _matching(
+    _LIBVIRT_URI, "is not a libvirt URI like qemu:///system or qemu+ssh://root@host/system"
+)
+_pool = _matching(
+    _POOL,
+    "is not a storage pool name (letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit)",
+)
 _sha256_pin = _matching(
     _SHA256,
     "is not a sha256 digest (64 hex digits)",
@@ -773,6 +810,7 @@ _VM_SETTINGS = {
     "vnc_listen": Setting(lambda value: str(_ipv4(value)), "127.0.0.1"),
     "vnc_keymap": Setting(_keymap),
     "autostart": Setting(_boolean, False),
+    "host": Setting(_host_name, LOCAL_HOST),
 }
 #: A [[vm]] entry: its own keys, then every [defaults] key.
 _VM = {
@@ -795,6 +833,12 @@ _ACCOUNT = {
     "sudo": Setting(_boolean, True),
 }
 _ACCOUNT_TABLES = ("root", "user")
+#: Each [hosts.NAME]: a libvirt host some VMs run on. (NAME itself is read as this.)
+_HOST = {
+    "uri": Setting(_libvirt_uri, required=True),
+    "pool": Setting(_pool, DEFAULT_POOL),
+}
+_HOST_NAME = Setting(_host_name)
 
 #: Every table of a profile ("profile" is its top level) and the settings it takes:
 #: what the loader reads, and what docs/profile.md documents.
@@ -803,6 +847,8 @@ SETTINGS: dict[str, Mapping[str, Setting]] = {
     "lab": _LAB,
     "base": _BASE,
     "network": _NETWORK,
+    #: A table of tables: [hosts.NAME] for any host name, each with these keys.
+    "hosts": _HOST,
     "defaults": _VM_SETTINGS,
     "root": {key: _ACCOUNT[key] for key in ("ssh_authorized_keys", "password_hash")},
     "user": _ACCOUNT,
@@ -853,6 +899,37 @@ def _expand_name(pattern: str, number: int) -> str:
     return _GROUP_N.sub(repl, pattern)
 
 
+def _parse_hosts(check: _Checker, raw_hosts: Mapping[str, Any]) -> list[HostSpec]:
+    """The [hosts.NAME] tables, in the profile's order."""
+    hosts = []
+    for name, entry in raw_hosts.items():
+        place = f"hosts.{name if is_hostname_label(name) else _quote(name)}"
+        # The name is a key, read as if it were the value of one: "name".
+        valid_name = check.get({"name": name}, "name", place, _HOST_NAME)
+        if not isinstance(entry, dict):
+            check.add(place, f"must be a table ([{place}])")
+            continue
+        host = check.section(entry, place, _HOST)
+        uri = host("uri")
+        pool = host("pool")
+        if _INVALID not in (valid_name, uri, pool):
+            hosts.append(HostSpec(name, uri, pool))
+    return hosts
+
+
+def _check_declared(check: _Checker, place: str, host: Any, declared: Sequence[str]) -> None:
+    """Report ``host`` (a VM's or [defaults]' host) unless [hosts] declares it or it is
+    the local host."""
+    if host is _INVALID or host == LOCAL_HOST or host in declared:
+        return
+    known = f"declared hosts: {', '.join(declared)}" if declared else "no hosts are declared"
+    check.add(
+        place,
+        f"host {_quote(host)} is not declared",
+        f'{known}; to add it: [hosts.{host}] uri = "..."',
+    )
+
+
 def _vm_place(entry: Mapping[str, Any], index: int) -> str:
     name = entry.get("name")
     return f"vm {_quote(name)}" if isinstance(name, str) and name else f"vm[{index + 1}]"
@@ -863,11 +940,15 @@ def _parse_vms(
     raw_vms: Any,
     defaults: _Section,
     accounts: Mapping[str, Account | None],
+    hosts: Sequence[str],
 ) -> list[VmSpec]:
+    """The VMs, groups expanded; ``hosts`` are the names [hosts] declares."""
     if not isinstance(raw_vms, list) or not raw_vms:
         check.add("vm", "the lab has no VMs", "add at least one [[vm]] table")
         return []
     default_values = {key: defaults(key) for key in _VM_SETTINGS}
+    if "host" in defaults:
+        _check_declared(check, "defaults", default_values["host"], hosts)
     vms: list[VmSpec] = []
     for index, entry in enumerate(raw_vms):
         place = _vm_place(entry, index) if isinstance(entry, dict) else f"vm[{index + 1}]"
@@ -876,6 +957,8 @@ def _parse_vms(
             continue
         vm = check.section(entry, place, _VM, PROFILE_KEYS["vm"])
         values = {key: vm(key, default_values[key]) for key in _VM_SETTINGS}
+        if "host" in entry:
+            _check_declared(check, place, values["host"], hosts)
         own_accounts: dict[str, Account | None] = {}
         for who in _ACCOUNT_TABLES:
             if who in entry:
@@ -1201,6 +1284,9 @@ def parse_profile(
     if search is None and isinstance(domain, str):
         search = (domain,)
 
+    raw_hosts = check.table(raw, "hosts", "hosts")
+    hosts = _parse_hosts(check, raw_hosts)
+
     defaults = check.section(check.table(raw, "defaults", "defaults"), "defaults", _VM_SETTINGS)
     accounts: dict[str, Account | None] = {}
     for who in _ACCOUNT_TABLES:
@@ -1209,7 +1295,7 @@ def parse_profile(
         )
 
     plugins = top("plugins")
-    vms = _parse_vms(check, raw.get("vm"), defaults, accounts)
+    vms = _parse_vms(check, raw.get("vm"), defaults, accounts, tuple(raw_hosts))
 
     network = None
     if _INVALID not in (net_type, source, create, subnet, gateway, dns, search):
@@ -1238,4 +1324,5 @@ def parse_profile(
         network=network,
         vms=tuple(vms),
         plugins=plugins,
+        hosts=tuple(hosts),
     )
