@@ -36,6 +36,7 @@ BASE_PACKAGES: tuple[str, ...] = (
     "cloud-guest-utils",  # growpart: cloud-init grows the root partition to the VM's disk
     "openssh-server",
     "qemu-guest-agent",
+    "dbus",  # systemd-logind: the power button (ACPI shutdown) and the agent's shutdown
     "grub-pc",  # BIOS boot: the `pc` and `q35` machines boot SeaBIOS by default
     "ifupdown",  # the network stack cloud-init renders to on Debian 12
     "iproute2",  # ip(8), used by ifupdown and cloud-init
