@@ -27,6 +27,7 @@ import pytest
 from conftest import RunCli
 from labs import write_lab
 from libvirthelp import URI, virsh
+from registry import LocalRegistry, registry_fixture  # noqa: F401 (the fixture registry)
 from secondhost import SecondHost, second_host_fixture  # noqa: F401 (the fixture)
 from vmbuild.deploy import names, volumes
 
@@ -351,11 +352,16 @@ def test_a_host_that_dies_mid_deploy_is_named_and_a_rerun_finishes(
     assert golden not in hosts["hv2"]["sent_volumes"]  # it had arrived whole
 
 
-def test_deploy_from_an_artifact_names_its_digest(
-    fresh: DeployLab, run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_deploy_from_an_artifact_and_a_registry_names_its_digest(
+    fresh: DeployLab,
+    run_cli: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    registry: LocalRegistry,
 ) -> None:
     lab = fresh
     monkeypatch.setenv("VMBUILD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(registry.write_auth(tmp_path / "docker").parent))
     layout = tmp_path / "layout"
     packed = run_cli("pack", lab.bundle, "-o", layout, "-q", "--json")
     assert packed.code == 0, packed.err
@@ -368,6 +374,17 @@ def test_deploy_from_an_artifact_names_its_digest(
     again = run_cli("deploy", layout, *lab.args, "--json")
     assert again.code == 0
     assert all(h["sent_bytes"] == 0 for h in json.loads(again.out)["hosts"])
+
+    # The same artifact through a registry: pulled into the cache, the same digest,
+    # so the hosts already have it all.
+    ref = registry.ref("deploy", lab.name)
+    assert run_cli("push", layout, ref, "-q").code == 0
+    pulled = run_cli("deploy", ref, *lab.args, "--json")
+    assert pulled.code == 0, pulled.err
+    assert json.loads(pulled.out)["source"] == digest
+    assert all(h["sent_bytes"] == 0 for h in json.loads(pulled.out)["hosts"])
+    status = run_cli("status", ref, *lab.args, "--json")
+    assert {row["state"] for row in json.loads(status.out)["vms"]} == {"shut off"}
 
 
 def test_a_pool_without_room_is_refused_before_anything_is_sent(
