@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 # The lab (bridge br0 on 198.51.100.0/24) and its VMs web and db, as for test_profile.
+from conftest import RunCli
 from test_profile import HEAD, WEB_DB, load
 from vmbuild.errors import ProfileError
 from vmbuild.model.plan import (
@@ -451,3 +452,30 @@ def test_a_warning_when_hosts_share_no_bridge(tmp_path: Path, network: str, deta
     assert placement_warnings(plan) == [
         f"the lab's VMs are on 3 hosts (local, hv2, hv4): {LAN}; {detail}"
     ]
+
+
+def test_plan_shows_each_vm_host_and_validate_warns_about_the_network(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    from labs import write_lab
+
+    profile = write_lab(
+        tmp_path,
+        network={"type": "network", "source": "lab-net", "create": True,
+                 "subnet": "192.0.2.0/24"},
+        vms=({"name": "web", "ip": "192.0.2.10"},
+             {"name": "db", "ip": "192.0.2.20", "host": "hv2"}),
+        tables={"hosts": {"hv2": {"uri": "qemu+ssh://root@hv2.example/system"}}},
+    )  # fmt: skip
+    shown = run_cli("plan", profile)
+    assert shown.code == 0, shown.err
+    header, web, db = shown.out.splitlines()[1:4]
+    assert header.split()[-1] == "HOST"
+    assert web.split()[-1] == "local" and db.split()[-1] == "hv2"
+    assert "VMs on different hosts can only reach each other over a bridged LAN" in shown.err
+    checked = run_cli("validate", profile, "--no-base")
+    assert checked.code == 0 and "bridged LAN" in checked.err
+    # One host: no column, no warning.
+    alone = write_lab(tmp_path, vms=({"name": "web", "ip": "192.0.2.10"},), file="one.toml")
+    single = run_cli("plan", alone)
+    assert single.out.splitlines()[1].split()[-1] == "DISK" and "bridged LAN" not in single.err
