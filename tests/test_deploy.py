@@ -440,3 +440,20 @@ def test_a_step_that_fails_on_a_host_is_undone_there(
     assert lab.web in local and lab.db not in remote
     again = lab.deploy(run_cli, "--json")
     assert again.code == 0, again.err
+
+
+def test_a_bundle_file_changed_since_the_build_is_refused(
+    fresh: DeployLab, run_cli: RunCli
+) -> None:
+    lab = fresh
+    seed = lab.bundle / "vms" / lab.web / "seed.iso"
+    built = seed.read_bytes()
+    seed.write_bytes(built + b"\0")
+    try:
+        refused = lab.deploy(run_cli)
+        assert refused.code == 2, refused.err
+        assert f"vms/{lab.web}/seed.iso is not as built" in refused.err
+        local, remote = _domains(lab)
+        assert lab.web not in local and lab.db not in remote
+    finally:
+        seed.write_bytes(built)

@@ -29,7 +29,7 @@ from typing import Any
 
 from vmbuild.deploy import names, survey, volumes
 from vmbuild.deploy.names import Owner, Placed
-from vmbuild.deploy.source import Source
+from vmbuild.deploy.source import Source, check_built
 from vmbuild.deploy.survey import Live
 from vmbuild.errors import BuildError, UserError, VmbuildError
 from vmbuild.host import qemuimg
@@ -507,6 +507,7 @@ def deploy(
     """Deploy ``source`` onto its hosts (opened by the caller); raises UserError for
     refusals (nothing changed anywhere) and DeployError when a host failed."""
     placement = source.plan.placement()
+    check_built(source, source.plan.vms)
     jobs = []
     with step(f"Looking at {len(placement)} host(s)"):
         for name, vms in placement.items():

@@ -18,7 +18,7 @@ from typing import Any
 
 from vmbuild.deploy import names, survey, volumes
 from vmbuild.deploy.deploy import host_disk
-from vmbuild.deploy.source import Source
+from vmbuild.deploy.source import Source, check_built
 from vmbuild.deploy.survey import Live
 from vmbuild.errors import BuildError, VmbuildError
 from vmbuild.libvirt.connection import Host, binding
@@ -205,6 +205,7 @@ def reset(source: Source, hosts: Mapping[str, Host], vms: tuple[VmPlan, ...]) ->
             domain.handle.create()
         return "disk restored, started again"
 
+    check_built(source, vms)
     return each(source, hosts, vms, one)
 
 
