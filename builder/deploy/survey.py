@@ -7,7 +7,6 @@ anything: what it then does follows from what this found.
 from __future__ import annotations
 
 import contextlib
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from vmbuild.deploy.names import Owner, read_owner
 from vmbuild.errors import UserError
 from vmbuild.libvirt.connection import Host, binding, connect, default_uri
 from vmbuild.model.plan import LOCAL_HOST, Plan, VmPlan
+from vmbuild.model.profile import is_hostname_label
 
-_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 #: libvirt's domain states, as `virsh domstate` names them.
 STATES = {
     0: "no state",
@@ -126,7 +125,7 @@ def parse_pairs(values: list[str], what: str, option: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in values:
         name, sep, rest = value.partition("=")
-        if sep and _HOST_NAME.fullmatch(name) and ("://" in rest or what != "uri"):
+        if sep and is_hostname_label(name) and ("://" in rest or what != "uri"):
             out[name] = rest
         elif what == "uri" and "://" not in value:
             raise UserError(
