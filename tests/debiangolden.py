@@ -53,13 +53,14 @@ def require_builder() -> None:
         pytest.skip(f"the Debian mirror {mirror} is not reachable")
 
 
-def build_once() -> Iterator[Built]:
-    """Build the default recipe into a fresh cache; remove the cache afterwards."""
+def build_once(release: str = "bookworm") -> Iterator[Built]:
+    """Build the default recipe (of ``release``) into a fresh cache; remove the cache
+    afterwards."""
     require_builder()
     cache = Path(tempfile.mkdtemp(prefix="vmbuild-test-golden-", dir="/var/tmp"))
     cache.chmod(0o755)
     try:
-        recipe = GoldenRecipe()
+        recipe = GoldenRecipe(release=release)
         log: list[str] = []
 
         def progress(line: str) -> None:

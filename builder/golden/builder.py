@@ -255,8 +255,31 @@ def _debootstrap(recipe: GoldenRecipe, tree: Path, log: Path, progress: Progress
         )
 
 
-#: In the initramfs of every kernel: the disk, the PCI transport and the root fsck.
-_INITRAMFS_NEEDS = ("/virtio_blk.ko", "/virtio_pci.ko", "/virtio_scsi.ko", "/fsck.ext4")
+#: What every kernel needs to find its root disk, and the root fsck: a module that
+#: is not built into the kernel must be in the initramfs. Debian 12's cloud kernel
+#: has them as modules (``.ko``); Debian 13's builds some in and compresses the rest.
+_BOOT_MODULES = ("virtio_blk", "virtio_pci", "virtio_scsi")
+_INITRAMFS_FILES = ("/fsck.ext4",)
+_MODULE = re.compile(r"/([^/]+)\.ko(?:\.(?:xz|zst|gz))?\Z")
+
+
+def _builtin_modules(tree: Path, version: str) -> set[str]:
+    """The modules built into kernel ``version``, from its ``modules.builtin``."""
+    listing = tree / "lib/modules" / version / "modules.builtin"
+    with contextlib.suppress(OSError):
+        return {m.group(1) for line in listing.read_text().split() if (m := _MODULE.search(line))}
+    return set()
+
+
+def initramfs_missing(listing: str, builtin: set[str]) -> list[str]:
+    """What an initramfs (its ``lsinitramfs`` listing) lacks of what booting needs."""
+    lines = listing.splitlines()
+    modules = {m.group(1) for line in lines if (m := _MODULE.search(line))}
+    missing = [f"{name}.ko" for name in _BOOT_MODULES if name not in modules | builtin]
+    for need in _INITRAMFS_FILES:
+        if not any(line.endswith(need) for line in lines):
+            missing.append(need[1:])
+    return missing
 
 
 def _chroot(tree: Path, *command: str, timeout: float = 600) -> str:
@@ -302,7 +325,8 @@ def _initramfs(tree: Path) -> None:
     _chroot(tree, "update-initramfs", "-u", "-k", "all")
     for initrd in sorted((tree / "boot").glob("initrd.img-*")):
         listing = _chroot(tree, "lsinitramfs", f"/boot/{initrd.name}")
-        missing = [need[1:] for need in _INITRAMFS_NEEDS if need + "\n" not in listing]
+        version = initrd.name.removeprefix("initrd.img-")
+        missing = initramfs_missing(listing, _builtin_modules(tree, version))
         if missing:
             raise BuildError(f"{initrd.name} lacks {', '.join(missing)}")
 
