@@ -1082,6 +1082,83 @@ def status(lab: LabRequest, as_json: JsonOpt = False) -> None:
         print(lifecycle.table(rows))
 
 
+TargetOpt = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        "-t",
+        metavar="TARGET",
+        help="xen-hvm, xen-pv, xen-pvh, hyperv or vmware (docs/targets.md says what each writes).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+@reporting
+@log_options(quiet=True)
+@trust_options()
+def export(
+    source: SourceArg,
+    trust: Trust,
+    target: TargetOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Where the export goes (default: LAB-TARGET beside the bundle, or in the "
+            "current folder for an artifact). An earlier export there is replaced; "
+            "anything else there is refused.",
+            show_default=False,
+        ),
+    ] = None,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root",
+            metavar="PATH",
+            help="Xen: the absolute folder the bundle will be in on the Xen host, which "
+            "the exported configs name as their disks' folder (default: the bundle's own "
+            "path).",
+            show_default=False,
+        ),
+    ] = None,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Convert a built lab for another hypervisor: Xen, Hyper-V or VMware.
+
+    SOURCE is a bundle folder, a profile (built first), an artifact or a registry
+    reference. Every VM keeps its name, MAC, addresses, console, CPUs, memory and
+    disk size; disks are flattened (VHDX, VMDK) where the target cannot read the
+    golden image's overlays. The export gets its own SHA256SUMS, and is put in place
+    whole: a failure leaves the previous export as it was.
+    """
+    from vmbuild.deploy.source import check_built
+    from vmbuild.model.profile import Target
+    from vmbuild.targets.export import check_exportable, export_bundle, exportable
+
+    try:
+        chosen = Target(target)
+    except ValueError:
+        raise UserError(
+            f"--target {target!r} is not a target", hint=f"one of {', '.join(exportable())}"
+        ) from None
+    check_exportable(chosen, place="--target")
+    if root is not None and not root.startswith("/"):
+        raise UserError(f"--root {root!r} is not an absolute path")
+    lab = LabRequest(source, (), {}, trust, insecure)
+    bundle = lab.load(build=True)
+    check_built(bundle, bundle.plan.vms)
+    if out is None:
+        given = Path(source)
+        local = given.suffix == ".toml" or (given / "manifest.json").is_file()
+        out = (bundle.bundle.parent if local else Path.cwd()) / f"{bundle.plan.lab}-{chosen}"
+    dest = out
+    print(export_bundle(bundle.plan, bundle.bundle, chosen, dest, root=root))
+
+
 def _print_plan(plan: Plan) -> None:
     net = plan.network
     where = f"{net.type.value} {net.source}" if net.source else net.type.value

@@ -64,3 +64,26 @@ def test_the_model_importing_the_guest_side_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "vmbuild's layers BROKEN" in result.stdout
     assert "vmbuild.model.plan -> vmbuild.guest.appliance" in result.stdout
+
+
+def test_every_subpackage_is_installed_with_its_templates() -> None:
+    """pyproject's package list names every folder of builder/ that is a package, and
+    its package-data every folder of templates: a wheel misses anything it leaves out."""
+    import tomllib
+
+    package = ROOT / "builder"
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        "vmbuild." + ".".join(init.parent.relative_to(package).parts)
+        for init in package.rglob("__init__.py")
+        if init.parent != package
+    }
+    assert found - set(config["packages"]) == set()
+    templated = {
+        "vmbuild." + ".".join(folder.parent.relative_to(package).parts)
+        for folder in package.rglob("templates")
+        if folder.is_dir()
+    }
+    assert {
+        name for name in templated if "templates/*.j2" in config["package-data"].get(name, [])
+    } == templated

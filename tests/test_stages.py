@@ -159,6 +159,7 @@ def test_build_lists_its_stages_on_one_screen() -> None:
         "write_identities",
         "write_seeds_and_xml",
         "write_lab_files",
+        "export_target",
         "publish_bundle",
     ]
 

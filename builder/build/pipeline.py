@@ -1,6 +1,7 @@
 """The build, top to bottom: make and check the golden image, decide what to keep,
 then keep, create and write the disks, write the seeds, the domain XML and the lab's
-files into a staging folder, and publish it in one rename.
+files into a staging folder, export it for the lab's target hypervisor (when that is
+not libvirt's), and publish it in one rename.
 
 Rebuilds are incremental: a VM whose disk inputs are unchanged keeps its disk
 (hard-linked into the new bundle), and seeds, XML and lab files are compared by
@@ -19,6 +20,7 @@ from vmbuild.build.stages import (
     check_golden_image,
     check_room,
     create_new_disks,
+    export_target,
     keep_unchanged_disks,
     make_golden_image,
     plan_build,
@@ -76,6 +78,7 @@ def build(
             planned, new_keys = write_identities(ctx, stage, keys)
             write_seeds_and_xml(ctx, stage)
             manifest = write_lab_files(ctx, stage, planned, new_keys)
+            export_target(ctx, stage)
             publish_bundle(ctx, stage)
     return finish(ctx, manifest, changed=True)
 

@@ -36,6 +36,7 @@ from vmbuild.output.bundle import MANIFEST, bundle_disks, publish
 from vmbuild.output.domain import domain_xml
 from vmbuild.output.seed import seed_files, seed_iso_bytes, source_date_epoch
 from vmbuild.plugins.manager import Plugins
+from vmbuild.targets import export
 
 #: Room an overlay needs before first boot, and a margin for the rest.
 OVERLAY_ESTIMATE = 16 << 20
@@ -248,6 +249,29 @@ def write_lab_files(
             write_atomic(stage / name, data, mode=0o755 if name == "define.sh" else 0o644)
     manifest: dict[str, Any] = json.loads(files[MANIFEST])
     return manifest
+
+
+def export_target(ctx: BuildContext, stage: Path) -> None:
+    """The lab for its target's hypervisor, in ``<bundle>/<target>/``, exported from
+    the staged bundle; the previous bundle's export is kept (hard links) when it was
+    made from the same files for the same target."""
+    target = ctx.plan.target
+    if target.is_libvirt_kvm_or_qemu:
+        return
+    folder = stage / target.value
+    previous = ctx.final / target.value
+    record = export.previous_record(previous)
+    wanted = export.inputs(stage, target, str(ctx.final))
+    if record is not None and all(record.get(key) == value for key, value in wanted.items()):
+        with step(f"Keeping the {target} export of the previous bundle"):
+            folder.mkdir()
+            export.keep(previous, folder)
+        return
+    # The plan as the bundle has it: with the golden image's facts (its OS, for one).
+    plan = Plan.from_json((stage / "plan.json").read_text())
+    with step(f"Exporting the lab to {target}"):
+        folder.mkdir()
+        export.fill(plan, stage, target, folder, root=str(ctx.final), progress=detail)
 
 
 def publish_bundle(ctx: BuildContext, stage: Path) -> None:

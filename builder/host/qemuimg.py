@@ -242,3 +242,19 @@ def create_copy(
             current = info(tmp, fmt).virtual_size
             if size > current:
                 run(["resize", "-q", "-f", fmt.value, str(tmp), str(size)], f"growing {dest}")
+
+
+def convert(
+    dest: Path,
+    source: Path,
+    source_format: DiskFormat | str,
+    fmt: str,
+    options: tuple[str, ...] = (),
+) -> None:
+    """A standalone copy of ``source`` (its whole backing chain read through) in any
+    format qemu-img writes, such as vhdx or vmdk, with ``options`` (``-o``) for it."""
+    with _replacing(dest) as tmp:
+        args = ["convert", "-q", "-f", str(source_format), "-O", fmt]
+        if options:
+            args += ["-o", ",".join(options)]
+        run([*args, str(source), str(tmp)], f"converting {source} to {dest}")

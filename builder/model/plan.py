@@ -33,6 +33,7 @@ from vmbuild.model.profile import (
     NetType,
     Profile,
     SeedBus,
+    Target,
     VmSpec,
     find_duplicates,
 )
@@ -46,6 +47,10 @@ PLAN_FORMAT = 1
 UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://vmbuild.dev/uuid")
 #: KVM's locally administered prefix, the one libvirt uses for its own MACs.
 MAC_PREFIX = "52:54:00"
+#: VMware's prefix for static MACs, whose fourth octet must be 00-3f: VMware's own
+#: generated MACs use the rest of 00:50:56.
+VMWARE_MAC_PREFIX = "00:50:56"
+VMWARE_MAC_FOURTH_MAX = 0x3F
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,9 @@ class Plan:
     guest: GuestFacts | None = None
     #: The hosts the profile declares, in its order.
     hosts: tuple[HostPlan, ...] = ()
+    #: What the bundle is made for; targets other than libvirt's are exported into
+    #: ``<bundle>/<target>/`` from the libvirt bundle.
+    target: Target = Target.LIBVIRT_KVM
 
     def host(self, name: str) -> HostPlan:
         """A declared host, or the undeclared ``local``; KeyError for anything else."""
@@ -235,9 +243,20 @@ def _hash(*parts: str) -> bytes:
     return hashlib.sha256("\0".join(parts).encode()).digest()
 
 
-def derive_mac(seed: str, name: str, attempt: int = 0) -> str:
+def derive_mac(seed: str, name: str, attempt: int = 0, target: Target = Target.LIBVIRT_KVM) -> str:
+    """A MAC from the lab's seed and the VM's name: in libvirt's 52:54:00 range, or in
+    VMware's static range 00:50:56:00-3f for the vmware target."""
     digest = _hash("mac", seed, name, str(attempt))
+    if target is Target.VMWARE:
+        tail = bytes([digest[0] & VMWARE_MAC_FOURTH_MAX, digest[1], digest[2]])
+        return VMWARE_MAC_PREFIX + "".join(f":{byte:02x}" for byte in tail)
     return MAC_PREFIX + "".join(f":{byte:02x}" for byte in digest[:3])
+
+
+def vmware_static_mac(mac: str) -> bool:
+    """Whether VMware accepts ``mac`` as a static address: 00:50:56:00-3f:xx:xx."""
+    prefix, fourth = mac.lower()[:8], int(mac[9:11], 16)
+    return prefix == VMWARE_MAC_PREFIX and fourth <= VMWARE_MAC_FOURTH_MAX
 
 
 def derive_uuid(seed: str, name: str) -> str:
@@ -322,12 +341,21 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
     vms = []
     for index, spec in enumerate(profile.vms, start=1):
         mac = spec.mac
+        if mac is not None and profile.target is Target.VMWARE and not vmware_static_mac(mac):
+            problems.append(
+                Problem(
+                    spec.place,
+                    f"mac {mac} is outside VMware's static range 00:50:56:00:00:00-"
+                    "00:50:56:3f:ff:ff, which the vmware target needs",
+                    "leave mac out to derive one in that range, or give one inside it",
+                )
+            )
         if mac is None:
             attempt = 0
-            mac = derive_mac(profile.seed, spec.name)
+            mac = derive_mac(profile.seed, spec.name, target=profile.target)
             while mac in taken_macs:
                 attempt += 1
-                mac = derive_mac(profile.seed, spec.name, attempt)
+                mac = derive_mac(profile.seed, spec.name, attempt, profile.target)
             taken_macs.add(mac)
         fqdn = f"{spec.hostname}.{profile.domain}" if profile.domain else spec.hostname
         port = spec.vnc_port if spec.vnc_port is not None else profile.vnc_base + index
@@ -383,6 +411,7 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
         plugins=profile.plugins,
         vms=tuple(vms),
         hosts=tuple(HostPlan(host.name, host.uri, host.pool) for host in profile.hosts),
+        target=profile.target,
     )
     if plugins is None:
         return plan

@@ -34,6 +34,23 @@ class DomainType(enum.StrEnum):
     QEMU = "qemu"
 
 
+class Target(enum.StrEnum):
+    """What hypervisor the bundle is made for (lab.target). The libvirt bundle is
+    always built; any other target is exported from it into ``<bundle>/<target>/``."""
+
+    LIBVIRT_KVM = "libvirt-kvm"
+    LIBVIRT_QEMU = "libvirt-qemu"
+    XEN_HVM = "xen-hvm"
+    XEN_PV = "xen-pv"
+    XEN_PVH = "xen-pvh"
+    HYPERV = "hyperv"
+    VMWARE = "vmware"
+
+    @property
+    def is_libvirt_kvm_or_qemu(self) -> bool:
+        return self in (Target.LIBVIRT_KVM, Target.LIBVIRT_QEMU)
+
+
 class DiskMode(enum.StrEnum):
     """How a VM's disk is made from the golden image (disk_mode)."""
 
@@ -201,6 +218,8 @@ class Profile:
     plugins: tuple[str, ...]
     #: The hosts the profile declares ([hosts.NAME]), in its order.
     hosts: tuple[HostSpec, ...] = ()
+    #: What the bundle is made for: see Target.
+    target: Target = Target.LIBVIRT_KVM
 
     @property
     def folder(self) -> Path:
@@ -775,6 +794,7 @@ _LAB = {
     "seed": Setting(_nonempty),
     "domain": Setting(_domain),
     "domain_type": Setting(_choice(DomainType), DomainType.KVM),
+    "target": Setting(_choice(Target)),
     "vnc_base": Setting(_integer(5900, 65000), 5900),
 }
 _BASE = {
@@ -839,6 +859,28 @@ _HOST = {
     "pool": Setting(_pool, DEFAULT_POOL),
 }
 _HOST_NAME = Setting(_host_name)
+
+_LIBVIRT_TARGETS = {DomainType.KVM: Target.LIBVIRT_KVM, DomainType.QEMU: Target.LIBVIRT_QEMU}
+
+
+def _target(check: Any, target: Any, domain_type: Any, domain_type_given: bool) -> Any:
+    """lab.target, with lab.domain_type as its older spelling for the libvirt targets:
+    ``domain_type = "qemu"`` means ``target = "libvirt-qemu"``, and the two must agree."""
+    if not isinstance(domain_type, DomainType):
+        return _INVALID
+    implied = _LIBVIRT_TARGETS[domain_type]
+    if target is None:
+        return implied
+    if not isinstance(target, Target):
+        return _INVALID
+    if target.is_libvirt_kvm_or_qemu and domain_type_given and target is not implied:
+        return check.add(
+            "lab",
+            f'target "{target}" and domain_type "{domain_type}" disagree',
+            hint=f'give one of them: target = "{implied}" is domain_type = "{domain_type}"',
+        )
+    return target
+
 
 #: Every table of a profile ("profile" is its top level) and the settings it takes:
 #: what the loader reads, and what docs/profile.md documents.
@@ -1225,6 +1267,9 @@ def parse_profile(
     seed = lab("seed", name)
     domain = lab("domain")
     domain_type = lab("domain_type")
+    target = _target(check, lab("target"), domain_type, "domain_type" in lab)
+    if target is Target.LIBVIRT_QEMU:
+        domain_type = DomainType.QEMU
     vnc_base = lab("vnc_base")
     if isinstance(name, str) and "{" in name:
         check.add("lab", f"name {_quote(name)} may not contain braces")
@@ -1325,4 +1370,5 @@ def parse_profile(
         vms=tuple(vms),
         plugins=plugins,
         hosts=tuple(hosts),
+        target=target,
     )

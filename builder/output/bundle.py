@@ -111,13 +111,14 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(a))
 
 
-def check_target(final: Path) -> None:
-    """Refuse early to replace anything that is not a previous bundle."""
+def check_target(final: Path, marker: str = MANIFEST, what: str = "bundle") -> None:
+    """Refuse early to replace anything that is not a previous bundle (a folder with
+    ``marker`` in it)."""
     if final.is_symlink() or (final.exists() and not final.is_dir()):
-        raise UserError(f"{final} exists and is not a bundle folder; move it away")
-    if final.is_dir() and not (final / MANIFEST).exists() and any(final.iterdir()):
+        raise UserError(f"{final} exists and is not a {what} folder; move it away")
+    if final.is_dir() and not (final / marker).exists() and any(final.iterdir()):
         raise UserError(
-            f"{final} exists and is not a vmbuild bundle; refusing to replace it",
+            f"{final} exists and is not a vmbuild {what}; refusing to replace it",
             hint="choose another --output or remove that folder",
         )
 
@@ -126,7 +127,7 @@ def _rename(source: Path, dest: Path) -> None:
     os.rename(source, dest)
 
 
-def publish(stage: Path, final: Path) -> None:
+def publish(stage: Path, final: Path, marker: str = MANIFEST, what: str = "bundle") -> None:
     """Put ``stage`` at ``final``. An existing bundle is swapped out in one step
     and then removed, so readers see the old bundle or the new one, never neither.
 
@@ -139,7 +140,7 @@ def publish(stage: Path, final: Path) -> None:
     """
     old: Path | None = None
     try:
-        check_target(final)
+        check_target(final, marker, what)
         with deferred(published=final):
             if not final.exists():
                 _rename(stage, final)
@@ -155,7 +156,7 @@ def publish(stage: Path, final: Path) -> None:
                     old = None
                     raise
     except OSError as err:
-        raise BuildError(f"cannot publish the bundle at {final}: {err.strerror}") from None
+        raise BuildError(f"cannot publish the {what} at {final}: {err.strerror}") from None
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
