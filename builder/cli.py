@@ -417,6 +417,86 @@ def plugins_command(
             print(f"    {hook}")
 
 
+@app.command("import")
+@reporting
+@log_options(quiet=True)
+def import_lab(
+    domains: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="DOMAIN.xml",
+            help="Each VM's domain XML, as `virsh dumpxml NAME` writes it (- reads one "
+            "from standard input).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="The profile to write (- for standard output). An existing FILE is "
+            "refused unless --force.",
+            show_default=False,
+        ),
+    ],
+    inspect: Annotated[
+        bool,
+        typer.Option(
+            "--inspect",
+            help="Also open every disk read-only (one libguestfs appliance, nothing mounted "
+            "on this host) and read each guest's hostname, static IP, prefix, gateway and "
+            "DNS from its own network files.",
+        ),
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            metavar="LAB",
+            help="The lab's name (default: the lab vmbuild built the VMs for, else FILE's name).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False,
+) -> None:
+    """Turn a lab cloned by hand into a profile, from each VM's domain XML.
+
+    Reads each VM's name, MAC, VNC port, listen address and keymap, vCPUs, memory,
+    disk (its size from qemu-img info when the file is here), disk bus, bridge or
+    libvirt network, machine and domain type. What all VMs share goes into
+    [defaults]; VMs in a sequence become one group where that keeps every MAC and VNC
+    port. [base] image is the first VM's disk (or its backing file): point it at your
+    template. Addresses the XML cannot give (all of them, without --inspect) are
+    left as TODO, which `vmbuild validate` names VM by VM. Problems in the XML are
+    listed file by file; any error exits 2 and writes nothing. See docs/import.md.
+    """
+    from vmbuild.importer.domxml import ImportProblems
+    from vmbuild.importer.lab import check_output, save
+    from vmbuild.importer.lab import import_lab as run_import
+
+    check_output(output, force)
+    try:
+        result = run_import(domains, inspect=inspect, name=name, output=output)
+    except ImportProblems as err:
+        for warning in err.warnings:
+            log.warn(str(warning))
+        raise
+    for warning in result.warnings:
+        log.warn(str(warning))
+    save(output, result.text)
+    todos = result.text.count(' = "TODO"')
+    log.info(
+        f"{'Wrote ' + output if output != '-' else 'Imported'}: lab {result.name!r}, "
+        f"{result.vms} VM{'s' if result.vms > 1 else ''}"
+        + (f", {todos} TODO{'s' if todos > 1 else ''} to fill in" if todos else "")
+        + (f"; then: vmbuild validate {output}" if output != "-" else "")
+    )
+    if output != "-":
+        print(output)
+
+
 @app.command()
 @reporting
 def golden(

@@ -645,6 +645,8 @@ def _size(minimum: int, multiple: int, bare_units: Sequence[str]) -> Callable[[A
 def _ipv4(value: Any) -> ipaddress.IPv4Address:
     if not isinstance(value, str):
         raise ValueError("is not an IPv4 address")
+    if value == "TODO":  # what vmbuild import writes where it could not read an address
+        raise ValueError("is a TODO left by vmbuild import: give the VM's static address")
     try:
         return ipaddress.IPv4Address(value)
     except ValueError:
@@ -652,6 +654,11 @@ def _ipv4(value: Any) -> ipaddress.IPv4Address:
 
 
 def _subnet(value: Any) -> ipaddress.IPv4Network:
+    if value == "TODO":  # left by vmbuild import, like an ip
+        raise ValueError(
+            "is a TODO left by vmbuild import: give the network of the VMs' addresses, "
+            "like 192.168.10.0/24"
+        )
     if not isinstance(value, str) or "/" not in value:
         raise ValueError("is not an IPv4 network like 192.168.10.0/24")
     try:
