@@ -158,3 +158,23 @@ def test_a_build_exports_its_target_and_keeps_it_while_nothing_changes(
     assert again["bundle_sums_sha256"] != record["bundle_sums_sha256"]
     assert "Name = 'db'; Cpus = 2; Memory = 2147483648;" in (folder / "define.ps1").read_text()
     subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=folder, check=True)
+
+
+def test_a_packed_lab_is_exported_from_its_layout(built: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    assert main(["pack", str(built), "-o", str(layout), "-q"]) == 0
+    out = tmp_path / "xen"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VMBUILD_CACHE", str(tmp_path / "cache"))
+        args = ["export", str(layout), "-t", "xen-hvm", "--allow-unsigned", "-o", str(out), "-q"]
+        assert main(args) == 0
+    record = json.loads((out / "export.json").read_text())
+    assert record["lab"] == "t"
+    # Made from the bundle unpacked (once, into the cache) from the layout: its disks
+    # name the golden image where the cache keeps it, so its sums are its own.
+    (unpacked,) = (tmp_path / "cache").rglob("SHA256SUMS")
+    assert record["bundle_sums_sha256"] == sha256(unpacked)
+    plans = [json.loads((b / "plan.json").read_text()) for b in (unpacked.parent, built)]
+    assert [[(vm["name"], vm["mac"]) for vm in plan["vms"]] for plan in plans] == [
+        [("web", plans[1]["vms"][0]["mac"]), ("db", plans[1]["vms"][1]["mac"])]
+    ] * 2
