@@ -1,41 +1,46 @@
-"""Benchmark a whole lab build: vmbuild against the per-VM loop people script today.
+"""Benchmark whole lab builds: vmbuild at several lab sizes against the per-VM loop
+people script today.
 
 Run from the repository root:
 
-    .venv/bin/python bench/bench_lab.py [--vms N] [--keep]
+    .venv/bin/python bench/bench_lab.py [--vms 8,32,100] [--loop-vms 8]
+                                        [--golden debian|fake] [--keep]
 
-One fake golden image (``tests/guestimages.py``, Debian 12 with ifupdown, 1 GiB) is
-made first and timed on its own. Then the same N-VM lab (default 8; static IPs from
-192.0.2.10 in 192.0.2.0/24, a user ``lab`` with an SSH key) is built two ways:
+The golden image is the Debian 12 image ``vmbuild golden`` builds (cached once
+built; its making is not counted), or with ``--golden fake`` the small test image of
+tests/guestimages.py. The reference lab (static IPs from 192.0.2.10 in
+192.0.2.0/24, a user ``lab`` with an SSH key, the default host key types) is built
+two ways:
 
-A. ``vmbuild PROFILE -o OUT -q`` as a subprocess; then the same command again at once
-   (a no-op rebuild), and a 1-VM profile into a separate output folder, which gives
-   the per-VM marginal time (T_N - T_1) / (N - 1).
-B. The loop, one VM after the other: three ``ssh-keygen`` host keys,
-   ``qemu-img create -f qcow2 -b golden -F qcow2``, ONE ``virt-customize -a`` call
-   (``--hostname``, ``--write /etc/network/interfaces``, ``--truncate
+A. ``vmbuild PROFILE -o OUT`` as a subprocess, for 1 VM and for each size of
+   ``--vms``; each build is followed by the same command again (a no-op rebuild).
+   The marginal time per VM is (T_N - T_1) / (N - 1). The build's own output says
+   how many appliances ran and how many launches they made, and how long they
+   waited for ssh-keygen.
+B. The loop, one VM after the other, on ``--loop-vms`` VMs: three ``ssh-keygen``
+   host keys, ``qemu-img create -f qcow2 -b golden -F qcow2``, ONE ``virt-customize
+   -a`` call (``--hostname``, ``--write /etc/network/interfaces``, ``--truncate
    /etc/machine-id``, ``--upload`` of the six host key files, ``--chmod`` of each),
    then the NoCloud seed with ``cloud-localds`` when installed, else the
-   ``genisoimage -output seed.iso -volid cidata -joliet -rock ...`` it runs.
+   ``genisoimage -output seed.iso -volid cidata -joliet -rock ...`` it runs. The loop
+   is linear by construction, so for a lab of N VMs it is taken as N times its
+   measured time per VM; the output says so.
 
-For each: wall time, time per VM, peak memory, disk allocated per VM (``du
---block-size=1`` of the overlay, and of the seed ISO), then the ratio vmbuild/loop.
-Peak memory is given twice: the largest single process (max RSS measured by
-``/usr/bin/time -f %M``: the process and everything it waited for, which is the
-libguestfs QEMU in both cases) and the largest sum over the process tree, sampled
-4 times a second.
-
-Targets (OK or MISSED is printed beside each): vmbuild wall time at most 0.2x the
-loop's; marginal under 1 s per VM; every vmbuild overlay under 10 MiB; no-op rebuild
-under 1 s. When KVM is unusable every appliance runs under TCG (vmbuild finds that
-out itself; the golden image and virt-customize get LIBGUESTFS_BACKEND=direct, as
-vmbuild uses, and LIBGUESTFS_BACKEND_SETTINGS=force_tcg). The loop then takes
-25-35 s per VM, so a run at N=8 takes about 6 minutes.
+Printed for each size: wall time, the loop's (scaled) time, their ratio, the
+marginal time per VM, appliances and launches, peak memory (the largest sum of RSS
+over the build's process tree, sampled 4 times a second), the host-key wait and the
+no-op rebuild time; then each target with OK or MISSED: ratio <= 0.06 at 8 VMs,
+<= 0.025 at 32, <= 0.012 at 100; marginal <= 0.4 s per VM; no-op rebuild <= 0.5 s;
+every overlay under 10 MiB. When KVM is unusable every appliance runs under TCG
+(vmbuild finds that out itself; virt-customize gets LIBGUESTFS_BACKEND=direct and
+LIBGUESTFS_BACKEND_SETTINGS=force_tcg). Under TCG a default run takes about 10
+minutes, most of it the loop.
 
 Everything is written to a temporary folder, removed at the end unless ``--keep``.
 Exit status 0 unless something fails: a failed command prints its stderr and the
-script exits 1. Timings vary by 10-30% on a busy machine; the load average is
-printed before each part.
+script exits 1. Timings vary by 10-30% on a busy machine, and these machines' speed
+drifts by up to 2x over an hour: compare only figures of one run. The load average
+is printed before each part.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -62,7 +67,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from guestimages import ImageSpec, make_images  # noqa: E402
 
-DEFAULT_VMS = 8
+#: The lab sizes vmbuild builds, and the size of the loop's lab.
+DEFAULT_SIZES = (8, 32, 100)
+LOOP_VMS = 8
 LAB = "bench-lab"
 DOMAIN = "lab.example"
 SUBNET_PREFIX = "192.0.2."
@@ -79,10 +86,11 @@ GOLDEN_NIC = "eth0"
 #: The host key types vmbuild installs; ssh-keygen's defaults, RSA at 3072 bits.
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
-RATIO_TARGET = 0.2
-MARGINAL_TARGET_S = 1.0
+#: vmbuild / loop wall time, by lab size (the loop scaled linearly to that size).
+RATIO_TARGETS = {8: 0.06, 32: 0.025, 100: 0.012}
+MARGINAL_TARGET_S = 0.4
 OVERLAY_TARGET_BYTES = 10 << 20
-NOOP_TARGET_S = 1.0
+NOOP_TARGET_S = 0.5
 
 SAMPLE_INTERVAL_S = 0.25
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -166,6 +174,8 @@ class Usage:
     #: largest sampled sum of RSS over the child's process tree
     tree_peak: int = 0
     commands: int = 0
+    #: what the command wrote on stderr
+    err: str = ""
 
     def add(self, other: Usage) -> None:
         self.wall += other.wall
@@ -211,7 +221,9 @@ def run(argv: Sequence[str | Path], env: Mapping[str, str] | None = None) -> Usa
         if timed:
             lines = rss_file.read().split()
             max_rss_kib = int(lines[-1]) if lines and lines[-1].isdigit() else 0
-    return Usage(wall, max_rss_kib * 1024, sampler.peak, 1)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    return Usage(wall, max_rss_kib * 1024, sampler.peak, 1, text)
 
 
 def allocated(paths: Sequence[Path]) -> list[int]:
@@ -346,26 +358,37 @@ ip = "{vm_ip(1)}"
 
 @dataclass
 class VmbuildResult:
+    count: int
     full: Usage
     noop: Usage
     noop_wrote: bool
-    single: Usage
     disks: list[int]
     seeds: list[int]
 
+    @property
+    def launches(self) -> int:
+        return len(re.findall(r"starting with \d+ disks", self.full.err))
+
+    @property
+    def appliances(self) -> int:
+        found = re.findall(r"appliance \d+ of (\d+)", self.full.err)
+        return int(found[0]) if found else 1
+
+    @property
+    def keys_waited(self) -> float:
+        found = re.findall(r"waited ([0-9.]+)s in all for ssh-keygen", self.full.err)
+        return float(found[0]) if found else 0.0
+
 
 def bench_vmbuild(tools: Tools, root: Path, golden: Path, count: int) -> VmbuildResult:
-    lab_dir = root / "vmbuild"
-    single_dir = root / "vmbuild-1"
-    for folder in (lab_dir, single_dir):
-        folder.mkdir()
+    """A full build of ``count`` VMs, then the same command again (a no-op)."""
+    lab_dir = root / f"vmbuild-{count}"
+    lab_dir.mkdir()
     profile = lab_dir / "lab.toml"
     profile.write_text(profile_text(golden, count))
-    single_profile = single_dir / "lab.toml"
-    single_profile.write_text(profile_text(golden, 1))
     out = lab_dir / "out"
 
-    full = run([*tools.vmbuild, profile, "-o", out, "-q"])
+    full = run([*tools.vmbuild, profile, "-o", out])
     bundle = out / LAB
     watched = [bundle / "manifest.json"] + [
         bundle / "vms" / vm_name(n) / "disk.qcow2" for n in range(1, count + 1)
@@ -373,14 +396,12 @@ def bench_vmbuild(tools: Tools, root: Path, golden: Path, count: int) -> Vmbuild
     before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in watched]
     noop = run([*tools.vmbuild, profile, "-o", out, "-q"])
     after = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in watched]
-    single = run([*tools.vmbuild, single_profile, "-o", single_dir / "out", "-q"])
-
     vms = [bundle / "vms" / vm_name(n) for n in range(1, count + 1)]
     return VmbuildResult(
+        count=count,
         full=full,
         noop=noop,
         noop_wrote=before != after,
-        single=single,
         disks=allocated([vm / "disk.qcow2" for vm in vms]),
         seeds=allocated([vm / "seed.iso" for vm in vms]),
     )
@@ -546,46 +567,76 @@ def print_usage(label: str, usage: Usage, count: int, disks: list[int], seeds: l
 
 
 def report(
-    count: int, tools: Tools, golden_s: float, golden_bytes: int, a: VmbuildResult, b: LoopResult
+    tools: Tools,
+    golden: tuple[str, float, int],
+    single: VmbuildResult,
+    results: list[VmbuildResult],
+    loop: LoopResult,
 ) -> None:
+    loop_count = len(loop.per_vm_wall)
+    per_vm = loop.total.wall / loop_count
     print()
-    print(f"== Results: {vms(count)}, appliance under {tools.accel.split()[0]} ==")
-    print(f"  golden image (not counted): made in {golden_s:.1f} s, {mib(golden_bytes)} allocated")
+    print(f"== Results: appliance under {tools.accel.split()[0]}, {os.cpu_count()} CPUs ==")
+    name, golden_s, golden_bytes = golden
+    print(f"  golden image (not counted): {name}, ready in {golden_s:.1f} s, {mib(golden_bytes)}")
     print()
-    print_usage("A. vmbuild (one appliance for every disk)", a.full, count, a.disks, a.seeds)
-    print(
-        f"    no-op rebuild        {a.noop.wall:8.2f} s"
-        + ("    (rewrote files!)" if a.noop_wrote else "    (disks and manifest untouched)")
+    print_usage(
+        f"B. per-VM loop, {vms(loop_count)}", loop.total, loop_count, loop.disks, loop.seeds
     )
-    print(f"    1-VM lab             {a.single.wall:8.2f} s")
-    if count > 1:
-        marginal = (a.full.wall - a.single.wall) / (count - 1)
-        print(f"    marginal per VM      {marginal:8.2f} s    (T_{count} - T_1) / {count - 1}")
-    print()
-    print_usage("B. per-VM loop (virt-customize per VM)", b.total, count, b.disks, b.seeds)
-    for step, usage in b.steps.items():
+    for step, usage in loop.steps.items():
         print(
-            f"    {step:<20} {usage.wall:8.2f} s    ({usage.wall / count:.2f} s per VM, "
+            f"    {step:<20} {usage.wall:8.2f} s    ({usage.wall / loop_count:.2f} s per VM, "
             f"peak RSS {mib(usage.max_rss)})"
         )
-    fastest, slowest = min(b.per_vm_wall), max(b.per_vm_wall)
+    fastest, slowest = min(loop.per_vm_wall), max(loop.per_vm_wall)
     print(f"    one VM               {fastest:8.2f} s to {slowest:.2f} s")
+    print(
+        f"  The loop is linear by construction (one virt-customize per VM): for N VMs it\n"
+        f"  is taken as N x {per_vm:.2f} s, measured on {vms(loop_count)} in this run."
+    )
     print()
-    ratio = a.full.wall / b.total.wall
+    print(f"  A. vmbuild, 1 VM: {single.full.wall:.2f} s (the base of the marginal time)")
+    header = (
+        f"  {'VMs':>4} {'wall':>8} {'loop':>8} {'ratio':>7} {'target':>7} {'marginal':>9} "
+        f"{'appl.':>5} {'launch':>6} {'peak RSS':>10} {'keys wait':>9} {'no-op':>7}"
+    )
+    print(header)
+    for result in results:
+        count = result.count
+        loop_s = per_vm * count
+        ratio = result.full.wall / loop_s
+        target = RATIO_TARGETS.get(count)
+        marginal = (result.full.wall - single.full.wall) / max(1, count - 1)
+        print(
+            f"  {count:>4} {result.full.wall:7.2f}s {loop_s:7.0f}s {ratio:7.4f} "
+            f"{'-' if target is None else f'{target:.3f}':>7} {marginal:8.3f}s "
+            f"{result.appliances:>5} {result.launches:>6} {mib(result.full.tree_peak):>10} "
+            f"{result.keys_waited:8.1f}s {result.noop.wall:6.2f}s"
+        )
+    print("  (peak RSS: the largest sum over vmbuild's process tree, sampled every 0.25 s;")
+    print("   keys wait: how long the appliance waited for ssh-keygen, as vmbuild reports it)")
+    print()
     print("== Targets ==")
-    ok = ratio <= RATIO_TARGET
-    print(f"  vmbuild / loop wall time   {ratio:6.3f}  (<= {RATIO_TARGET})   {verdict(ok)}")
-    if count > 1:
-        marginal = (a.full.wall - a.single.wall) / (count - 1)
-        ok = marginal < MARGINAL_TARGET_S
-        print(f"  marginal per VM            {marginal:6.2f} s (< 1 s)    {verdict(ok)}")
-    else:
-        print("  marginal per VM            n/a (needs --vms 2 or more)")
-    biggest = max(a.disks)
-    ok = biggest < OVERLAY_TARGET_BYTES
-    print(f"  largest vmbuild overlay    {mib(biggest)} (< 10 MiB)   {verdict(ok)}")
-    ok = a.noop.wall < NOOP_TARGET_S and not a.noop_wrote
-    print(f"  no-op rebuild              {a.noop.wall:6.2f} s (< 1 s)    {verdict(ok)}")
+    for result in results:
+        count = result.count
+        ratio = result.full.wall / (per_vm * count)
+        target = RATIO_TARGETS.get(count)
+        if target is not None:
+            ok = ratio <= target
+            print(f"  N={count:<4} vmbuild / loop   {ratio:7.4f} (<= {target})  {verdict(ok)}")
+        marginal = (result.full.wall - single.full.wall) / max(1, count - 1)
+        ok = marginal <= MARGINAL_TARGET_S
+        limit = f"(<= {MARGINAL_TARGET_S} s)"
+        print(f"  N={count:<4} marginal per VM  {marginal:7.3f} s {limit} {verdict(ok)}")
+        ok = result.noop.wall <= NOOP_TARGET_S and not result.noop_wrote
+        wrote = "  (rewrote files!)" if result.noop_wrote else ""
+        print(
+            f"  N={count:<4} no-op rebuild    {result.noop.wall:7.3f} s (<= {NOOP_TARGET_S} s) "
+            f"{verdict(ok)}{wrote}"
+        )
+        biggest = max(result.disks)
+        ok = biggest < OVERLAY_TARGET_BYTES
+        print(f"  N={count:<4} largest overlay  {mib(biggest)} (< 10 MiB) {verdict(ok)}")
 
 
 # ------------------------------------------------------------------------ main
@@ -594,20 +645,58 @@ def report(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
-        "--vms", type=int, default=DEFAULT_VMS, help=f"VMs in the lab (default {DEFAULT_VMS})"
+        "--vms",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="lab sizes vmbuild builds, comma-separated (default %(default)s)",
+    )
+    parser.add_argument(
+        "--loop-vms", type=int, default=LOOP_VMS, help="VMs in the loop's lab (default %(default)s)"
+    )
+    parser.add_argument(
+        "--golden",
+        choices=("debian", "fake"),
+        default="debian",
+        help="debian: the Debian 12 golden image `vmbuild golden` builds (cached); "
+        "fake: the small test image of tests/guestimages.py (default %(default)s)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
-    if not 1 <= args.vms <= 200:
-        parser.error("--vms must be between 1 and 200")
+    try:
+        args.sizes = sorted({int(size) for size in args.vms.split(",")})
+    except ValueError:
+        parser.error("--vms takes sizes like 8,32,100")
+    if not all(1 <= size <= 250 for size in args.sizes) or not 1 <= args.loop_vms <= 50:
+        parser.error("sizes must be between 1 and 250, --loop-vms between 1 and 50")
     return args
+
+
+def make_golden(tools: Tools, root: Path, kind: str) -> tuple[Path, tuple[str, float, int]]:
+    start = time.perf_counter()
+    if kind == "debian":
+        print("\nThe Debian 12 golden image (vmbuild golden; cached once built) ...", flush=True)
+        made = subprocess.run(
+            [*tools.vmbuild, "golden", "--debian", "bookworm"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            raise CommandFailed(["vmbuild", "golden"], made.returncode, made.stderr)
+        golden = Path(made.stdout.strip().splitlines()[-1])
+        name = "Debian 12 (vmbuild golden)"
+    else:
+        golden = root / "golden.qcow2"
+        print("\nMaking the golden image (debian-ifupdown, 1G) ...", flush=True)
+        with environment(tools.guestfs_env):
+            make_images({golden: ImageSpec("debian-ifupdown", size="1G")})
+        name = "the test image debian-ifupdown"
+    return golden, (name, time.perf_counter() - start, allocated([golden])[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    count: int = args.vms
     tools = find_tools()
-    print(f"bench_lab: {vms(count)} on {os.cpu_count()} CPUs, {platform.node()}")
+    print(f"bench_lab: labs of {', '.join(map(str, args.sizes))} VMs on {os.cpu_count()} CPUs")
     print(f"  libguestfs appliance: {tools.accel}")
     print(f"  {version(['virt-customize', '--version'])}; {version(['qemu-img', '--version'])}")
     print(f"  seed ISO in the loop: {tools.iso}")
@@ -615,20 +704,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="bench-lab-"))
     try:
-        golden = root / "golden.qcow2"
-        print("\nMaking the golden image (debian-ifupdown, 1G) ...", flush=True)
-        start = time.perf_counter()
-        with environment(tools.guestfs_env):
-            make_images({golden: ImageSpec("debian-ifupdown", size="1G")})
-        golden_s = time.perf_counter() - start
-        golden_bytes = allocated([golden])[0]
-
-        print(f"A. vmbuild: {vms(count)}, again (no-op), then 1 VM  [load {load()}]", flush=True)
-        a = bench_vmbuild(tools, root, golden, count)
-        print(f"B. per-VM loop: {vms(count)}  [load {load()}]", flush=True)
-        b = bench_loop(tools, root, golden, count)
+        golden, golden_info = make_golden(tools, root, args.golden)
+        print(f"A. vmbuild: 1 VM  [load {load()}]", flush=True)
+        single = bench_vmbuild(tools, root, golden, 1)
+        results = []
+        for count in args.sizes:
+            print(f"A. vmbuild: {vms(count)}, then again (no-op)  [load {load()}]", flush=True)
+            results.append(bench_vmbuild(tools, root, golden, count))
+        print(f"B. per-VM loop: {vms(args.loop_vms)}  [load {load()}]", flush=True)
+        loop = bench_loop(tools, root, golden, args.loop_vms)
         print(f"   done  [load {load()}]", flush=True)
-        report(count, tools, golden_s, golden_bytes, a, b)
+        report(tools, golden_info, single, results, loop)
     except CommandFailed as err:
         print(f"\nbench_lab: {err}", file=sys.stderr)
         print(err.stderr.rstrip() or "(no output)", file=sys.stderr)

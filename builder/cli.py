@@ -252,12 +252,25 @@ def build(
         bool,
         typer.Option("--force", help="Rebuild every disk, even those whose inputs are unchanged."),
     ] = False,
+    appliances: Annotated[
+        int | None,
+        typer.Option(
+            "--appliances",
+            min=1,
+            help="How many libguestfs appliances edit the disks at once (default: one per "
+            "core, as memory allows, with at least 4 disks each; or VMBUILD_APPLIANCES).",
+        ),
+    ] = None,
 ) -> None:
     """Build the lab: disks, seed ISOs, domain XML, manifest, define.sh.
 
     The bundle is built beside OUTPUT/<lab> and swapped in only when complete, so a
     failed or interrupted build leaves the previous bundle untouched. Prints the
     bundle's path (or, with --json, its manifest) on stdout.
+
+    Every new disk gets its identity in libguestfs appliances that each edit many
+    disks per launch (up to 127); a big lab is dealt out to several appliances that
+    run at once.
     """
     from vmbuild.build.pipeline import build as run_build
     from vmbuild.plugins.manager import load_plugins
@@ -265,7 +278,9 @@ def build(
     plugins = load_plugins(profile)
     plan = make_plan(profile, plugins)
     _warn_placement(plan)
-    result = run_build(plan, plugins, output, source=profile.path, force=force)
+    result = run_build(
+        plan, plugins, output, source=profile.path, force=force, appliances=appliances
+    )
     if log.verbosity() > 0:
         _warn_unreachable(result.bundle, result.manifest)
     if as_json:

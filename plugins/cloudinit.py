@@ -9,7 +9,7 @@ from typing import Any
 
 from vmbuild.model.netconfig import ethernet_v2
 from vmbuild.model.plan import Plan, VmPlan
-from vmbuild.model.profile import Account
+from vmbuild.model.profile import HOST_KEY_TYPES, Account
 from vmbuild.plugins.hookspecs import hookimpl
 
 NAME = "cloudinit"
@@ -43,6 +43,9 @@ def vmbuild_user_data(lab: Plan, vm: VmPlan) -> dict[str, Any]:
         # known_hosts; cloud-init must keep them rather than make new ones.
         "ssh_deletekeys": False,
     }
+    if lab.host_key_types != HOST_KEY_TYPES:
+        # Nor make, at first boot, the types the lab left out.
+        data["ssh_genkeytypes"] = list(lab.host_key_types)
     users = [account for account in (vm.root, vm.user) if account is not None]
     if users:
         data["users"] = [_user_entry(account) for account in users]

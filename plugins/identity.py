@@ -19,7 +19,6 @@ from vmbuild.guest.diskops import (
     WriteFile,
     listed,
 )
-from vmbuild.host.hostkeys import KEY_TYPES
 from vmbuild.model.facts import GuestFacts
 from vmbuild.model.hosts import hosts_file
 from vmbuild.model.plan import Plan, VmPlan
@@ -68,7 +67,7 @@ def vmbuild_disk_operations(lab: Plan, vm: VmPlan, guest: GuestFacts) -> list[Op
         Hostname(content=vm.hostname + "\n"),
         WriteFile(path="/etc/hosts", content=hosts_file(lab), hosts_only=True),
         MachineId(value=vm.machine_id),
-        HostKeys(types=KEY_TYPES),
+        HostKeys(types=lab.host_key_types),
     ]
     if vm.user is not None:
         ops.append(EnsureUser(user=vm.user.name, sudo=vm.user.sudo))

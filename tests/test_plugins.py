@@ -14,7 +14,7 @@ import re
 import subprocess
 import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -575,16 +575,16 @@ def test_changing_a_lab_plugin_rebuilds_the_disks(built: Built, run_cli: RunCli)
 # --------------------------------------------- the built-in network plugin, disabled
 
 
-def _fixed_host_keys() -> Callable[[dict[str, str]], dict[str, HostKeySet]]:
+def _fixed_host_keys() -> Callable[[dict[str, str], Sequence[str]], dict[str, HostKeySet]]:
     """Host keys made once per VM name, so that two builds publish the same keys."""
     from vmbuild.host.hostkeys import generate_host_keys
 
     made: dict[str, HostKeySet] = {}
 
-    def generate(hostnames: dict[str, str]) -> dict[str, HostKeySet]:
+    def generate(hostnames: dict[str, str], types: Sequence[str]) -> dict[str, HostKeySet]:
         missing = {name: host for name, host in hostnames.items() if name not in made}
         if missing:
-            made.update(generate_host_keys(missing))
+            made.update(generate_host_keys(missing, types))
         return {name: made[name] for name in hostnames}
 
     return generate
@@ -611,7 +611,7 @@ def test_without_the_network_plugin_no_network_file_is_written(
     """Disabled, the network plugin leaves no trace; enabled, the bundle is the default
     one. All builds go to one output folder (paths in the XML and manifest are
     absolute) with the same host keys (ssh-keygen's are random)."""
-    monkeypatch.setattr("vmbuild.build.stages.generate_host_keys", _fixed_host_keys())
+    monkeypatch.setattr("vmbuild.host.hostkeys.generate_host_keys", _fixed_host_keys())
     profile = write_lab(tmp_path, os_image, vms=[nodes(1)])
     out = tmp_path / "out"
     bundle = out / "t"

@@ -159,8 +159,8 @@ def _shown(setting: Setting) -> tuple[str, ...]:
         return (f'`"{value}"`',)
     if isinstance(value, int):
         return (f"`{value}`", f'`"{format_size(value)}"`')
-    if value == ():
-        return ("`[]`",)
+    if isinstance(value, tuple) and all(isinstance(item, str) for item in value):
+        return ("`[" + ", ".join(f'"{item}"' for item in value) + "]`",)
     raise AssertionError(f"no way to show {value!r}")
 
 

@@ -79,6 +79,9 @@ class BuildContext:
     #: previous build recorded the golden image's facts; otherwise the identity
     #: stage plans them right after it inspects the golden image.
     recorded: Planned | None
+    #: How many appliances edit the disks at once; None: from the host's cores and
+    #: memory (``customize.appliance_count``).
+    appliances: int | None = None
 
     @property
     def output(self) -> Path:

@@ -51,12 +51,19 @@ class BuildResult:
 
 
 def build(
-    plan: Plan, plugins: Plugins, output: Path, *, source: Path, force: bool = False
+    plan: Plan,
+    plugins: Plugins,
+    output: Path,
+    *,
+    source: Path,
+    force: bool = False,
+    appliances: int | None = None,
 ) -> BuildResult:
     """Build (or bring up to date) the plan's bundle at ``output/<lab>``. ``source`` is
     the profile the plan came from: paths in it are relative to its folder, and
     problems with the golden image are reported against it. ``force`` makes every
-    disk anew."""
+    disk anew; ``appliances`` says how many appliances edit the disks at once (by
+    default, as many as the host's cores and memory allow)."""
     output = prepare_output(output)
     final = output / plan.lab
     check_target(final)
@@ -65,14 +72,13 @@ def build(
         previous = None if force else read_previous(final)
         make_golden_image(plan)
         base = check_golden_image(plan, source, previous)
-        ctx = plan_build(plan, plugins, final, previous, base)
+        ctx = plan_build(plan, plugins, final, previous, base, appliances)
         manifest = unchanged(ctx)
         if manifest is not None:
             return finish(ctx, manifest, changed=False)
         check_room(ctx)
         refuse_running(*ctx.touched)
-        with staging(output, plan.lab) as stage:
-            keys = start_host_keys(ctx, stage)
+        with staging(output, plan.lab) as stage, start_host_keys(ctx, stage) as keys:
             keep_unchanged_disks(ctx, stage)
             create_new_disks(ctx, stage)
             planned, new_keys = write_identities(ctx, stage, keys)

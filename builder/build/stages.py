@@ -14,7 +14,7 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,12 @@ from vmbuild.build.manifest import lab_files
 from vmbuild.errors import BuildError, UserError
 from vmbuild.golden.builder import build_golden
 from vmbuild.host import qemuimg
-from vmbuild.host.files import stat_key, write_atomic
-from vmbuild.host.hostkeys import HostKeySet, generate_host_keys
+from vmbuild.host.files import fsync_path, stat_key, write_atomic
+from vmbuild.host.hostkeys import HostKeyMaker
 from vmbuild.libvirt.inuse import refuse_running
 from vmbuild.log import detail, info, step
 from vmbuild.model.plan import Plan, VmPlan
-from vmbuild.model.profile import DiskMode, control_character, format_size
+from vmbuild.model.profile import DiskFormat, DiskMode, control_character, format_size
 from vmbuild.output.bundle import MANIFEST, bundle_disks, publish
 from vmbuild.output.domain import domain_xml
 from vmbuild.output.seed import seed_files, seed_iso_bytes, source_date_epoch
@@ -85,7 +85,12 @@ def check_golden_image(plan: Plan, source: Path, previous: Previous | None) -> B
 
 
 def plan_build(
-    plan: Plan, plugins: Plugins, final: Path, previous: Previous | None, base: BaseImage
+    plan: Plan,
+    plugins: Plugins,
+    final: Path,
+    previous: Previous | None,
+    base: BaseImage,
+    appliances: int | None = None,
 ) -> BuildContext:
     """Decide what to keep, refresh and make, and render every seed and domain XML:
     everything the later stages need, before any of them writes a byte."""
@@ -122,6 +127,7 @@ def plan_build(
         xmls=xmls,
         touched=_touched_disks(final, plan, decision.keep, decision.refresh),
         recorded=recorded,
+        appliances=appliances,
     )
 
 
@@ -168,16 +174,13 @@ def check_room(ctx: BuildContext) -> None:
         )
 
 
-def start_host_keys(ctx: BuildContext, stage: Path) -> Future[dict[str, HostKeySet]]:
+def start_host_keys(ctx: BuildContext, stage: Path) -> HostKeyMaker:
     """Make the VM folders in the staging folder, and start making the new disks'
     host keys in the background, while the disks are made and the appliance boots."""
     for vm in ctx.plan.vms:
         (stage / vm.folder).mkdir(parents=True)
-    pool = ThreadPoolExecutor(max_workers=1)
     made = ctx.vms(ctx.decision.make)
-    future = pool.submit(generate_host_keys, {vm.name: vm.fqdn for vm in made})
-    pool.shutdown(wait=False)
-    return future
+    return HostKeyMaker({vm.name: vm.fqdn for vm in made}, ctx.plan.host_key_types)
 
 
 def keep_unchanged_disks(ctx: BuildContext, stage: Path) -> None:
@@ -203,9 +206,7 @@ def create_new_disks(ctx: BuildContext, stage: Path) -> None:
             _make_disk(ctx, stage, vm)
 
 
-def write_identities(
-    ctx: BuildContext, stage: Path, keys: Future[dict[str, HostKeySet]]
-) -> tuple[Planned, NewKeys]:
+def write_identities(ctx: BuildContext, stage: Path, keys: HostKeyMaker) -> tuple[Planned, NewKeys]:
     """Every new or refreshed disk gets its identity, in one appliance for the lab.
     Returns the plan with its disk operations, and the new disks' public host keys."""
     edits = [
@@ -221,12 +222,28 @@ def write_identities(
         return plan_operations(ctx.plan, facts, ctx.plugins), {}
     names = ", ".join(edit.vm.name for edit in edits)
     with step(f"Writing identities into {len(edits)} disks in one appliance: {names}"):
-        planned = customize(ctx.plan, ctx.base, ctx.plugins, edits, keys.result)
+        planned = customize(ctx.plan, ctx.base, ctx.plugins, edits, keys, ctx.appliances)
+        settle_disks([edit.disk for edit in edits], [edit.vm.disk.format for edit in edits])
         public = {
             name: {kind: pair[1] for kind, pair in made.items()}
-            for name, made in keys.result().items()
+            for name, made in keys.all().items()
         }
     return planned, public
+
+
+def settle_disks(disks: list[Path], formats: list[DiskFormat]) -> None:
+    """The appliance wrote the disks without flushing them (scratch drives, thrown
+    away on failure): before they are published, each is checked by qemu-img and
+    flushed to stable storage."""
+
+    def settle(disk: Path, fmt: DiskFormat) -> None:
+        qemuimg.check(disk, fmt)
+        fsync_path(disk)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(settle, disks, formats))
+    for folder in sorted({disk.parent for disk in disks}):
+        fsync_path(folder)
 
 
 def write_seeds_and_xml(ctx: BuildContext, stage: Path) -> None:

@@ -209,9 +209,19 @@ class _Worker:
 class Appliance:
     """A libguestfs handle with its drives. Use as a context manager."""
 
-    def __init__(self, call_timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self,
+        call_timeout: float = CALL_TIMEOUT,
+        *,
+        cpus: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``cpus``: the appliance's vCPUs (APPLIANCE_CPUS by default, at most the
+        host's); ``stop``: once set, the call under way and every later one kill the
+        appliance and raise ApplianceStopped (another appliance of the build failed)."""
         guestfs = guestfs_module()
         self.call_timeout = call_timeout
+        self._stop = stop
         self._worker = _Worker()
         #: The call the worker runs now, if any.
         self._busy: _Call[Any] | None = None
@@ -233,7 +243,8 @@ class Appliance:
         self.call("setting autosync", h.set_autosync, True)
         # Two vCPUs let the appliance probe its disks in parallel: with a lab's
         # worth of drives that shortens the launch by a fifth under TCG.
-        self.call("setting the vCPUs", h.set_smp, max(1, min(APPLIANCE_CPUS, os.cpu_count() or 1)))
+        wanted = APPLIANCE_CPUS if cpus is None else cpus
+        self.call("setting the vCPUs", h.set_smp, max(1, min(wanted, os.cpu_count() or 1)))
         self.drives: list[Path] = []
         self._formats: list[str] = []
         self._writable: set[Path] = set()
@@ -250,9 +261,17 @@ class Appliance:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, path: Path, fmt: str, *, readonly: bool) -> int:
-        """Add a drive; returns its index (its device is known after launch)."""
-        add = functools.partial(self.handle.add_drive_opts, format=fmt, readonly=readonly)
+    def add(self, path: Path, fmt: str, *, readonly: bool = False, scratch: bool = False) -> int:
+        """Add a drive; returns its index (its device is known after launch).
+
+        A ``scratch`` drive is a writable disk that is thrown away if the build
+        fails: QEMU writes it with cache=unsafe, ignoring the guest's flushes (each
+        unmount's), and the caller makes it durable once the appliance is shut down
+        (``qemuimg.check`` and an fsync, before the bundle is published)."""
+        options: dict[str, Any] = {"format": fmt, "readonly": readonly}
+        if scratch and not readonly:
+            options["cachemode"] = "unsafe"
+        add = functools.partial(self.handle.add_drive_opts, **options)
         self.call(f"adding {path}", add, str(path))
         self.drives.append(path)
         self._formats.append(fmt)
@@ -264,7 +283,7 @@ class Appliance:
         what = f"starting the libguestfs appliance ({len(self.drives)} drives)"
         try:
             self.call(what, self.handle.launch, timeout=LAUNCH_TIMEOUT)
-        except ApplianceTimeout:
+        except (ApplianceTimeout, ApplianceStopped):
             raise
         except ApplianceError as err:
             raise self._launch_failure(what, err) from None
@@ -298,12 +317,17 @@ class Appliance:
         """Run one guestfs call; kill the appliance if it overruns its time, if the
         disk beside a writable drive fills up, or if a signal interrupts the wait."""
         limit = self.call_timeout if timeout is None else timeout
+        if self._stop is not None and self._stop.is_set():
+            raise ApplianceStopped(f"{what}: stopped, another appliance failed")
         job: _Call[T] = _Call(function, args)
         self._busy = job
         start = time.monotonic()
         self._worker.submit(job)
         try:
             while not job.done.wait(POLL):
+                if self._stop is not None and self._stop.is_set():
+                    self._abandon(job)
+                    raise ApplianceStopped(f"{what}: stopped, another appliance failed")
                 waited = time.monotonic() - start
                 if waited >= limit:
                     self._abandon(job)
@@ -340,7 +364,7 @@ class Appliance:
         A call that overran its time still raises: the appliance is gone."""
         try:
             return self.call(what, function, *args, timeout=timeout)
-        except ApplianceTimeout:
+        except (ApplianceTimeout, ApplianceStopped):
             raise
         except ApplianceError as err:
             return err
@@ -354,6 +378,7 @@ class Appliance:
         self.call(what, self.handle.shutdown)
 
     def close(self) -> None:
+        self._stop = None  # a stopped appliance is still shut down and closed
         busy = self._busy
         if busy is None or busy.done.is_set():
             with contextlib.suppress(BaseException):
@@ -370,6 +395,10 @@ class ApplianceError(BuildError):
 
 class ApplianceTimeout(ApplianceError):
     """A guestfs call did not answer in time; the appliance was killed."""
+
+
+class ApplianceStopped(ApplianceError):
+    """The build stopped this appliance because another of its appliances failed."""
 
 
 @contextlib.contextmanager

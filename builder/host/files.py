@@ -10,6 +10,15 @@ from pathlib import Path
 from vmbuild.host.space import write_error
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's data (or a folder's entries) to stable storage."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(dest: Path, data: bytes, mode: int = 0o644) -> None:
     """Write to a temporary file beside ``dest`` and rename it into place, so a reader
     sees the old bytes or the new ones, and a symlink already sitting at ``dest`` is

@@ -3,16 +3,17 @@ and the bundle can publish every public key in its known_hosts before first boot
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from vmbuild.errors import BuildError
-
-#: The key types OpenSSH makes by default, in the order sshd offers them.
-KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+from vmbuild.model.profile import HOST_KEY_TYPES as KEY_TYPES
 
 HostKeySet = dict[str, tuple[bytes, str]]
 
@@ -54,15 +55,61 @@ def _generate(key_type: str, comment: str) -> tuple[bytes, str]:
         return path.read_bytes(), path.with_suffix(".pub").read_text().strip()
 
 
-def generate_host_keys(hostnames: dict[str, str]) -> dict[str, HostKeySet]:
-    """Host keys for each VM (name -> hostname for the key comment), in parallel."""
-    jobs = [(name, key_type) for name in hostnames for key_type in KEY_TYPES]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(lambda job: _generate(job[1], f"root@{hostnames[job[0]]}"), jobs)
-        keys: dict[str, HostKeySet] = {name: {} for name in hostnames}
-        for (name, key_type), pair in zip(jobs, results, strict=True):
-            keys[name][key_type] = pair
-    return keys
+def generate_host_keys(
+    hostnames: Mapping[str, str], types: Sequence[str] = KEY_TYPES
+) -> dict[str, HostKeySet]:
+    """Host keys of ``types`` for each VM (name -> hostname for the key comment)."""
+    return {
+        name: {key_type: _generate(key_type, f"root@{host}") for key_type in types}
+        for name, host in hostnames.items()
+    }
+
+
+class HostKeyMaker:
+    """Makes the VMs' host keys in the background, in the order the VMs are edited,
+    so that the appliance waits, if at all, only for the keys of the VM it is at.
+
+    Each VM's keys are one job (its cheap types first: RSA is most of the CPU), on
+    as many workers as the host has cores; ``wait`` sums how long callers waited."""
+
+    def __init__(
+        self, hostnames: Mapping[str, str], types: Sequence[str], workers: int | None = None
+    ) -> None:
+        self.types = tuple(types)
+        cheap_first = tuple(sorted(types, key=lambda kind: kind == "rsa"))
+        self.waited = 0.0
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, workers or os.cpu_count() or 1), thread_name_prefix="hostkeys"
+        )
+        self._jobs: dict[str, Future[dict[str, HostKeySet]]] = {
+            name: self._pool.submit(generate_host_keys, {name: host}, cheap_first)
+            for name, host in hostnames.items()
+        }
+        self._pool.shutdown(wait=False)
+
+    def keys(self, name: str) -> HostKeySet:
+        """The keys of the VM ``name``, once made (in the order the profile gives
+        them); BuildError if ssh-keygen failed."""
+        start = time.monotonic()
+        try:
+            made = self._jobs[name].result()[name]
+        finally:
+            self.waited += time.monotonic() - start
+        return {kind: made[kind] for kind in self.types}
+
+    def all(self) -> dict[str, HostKeySet]:
+        return {name: self.keys(name) for name in self._jobs}
+
+    def cancel(self) -> None:
+        """Drop the jobs not yet started (a failed build needs no more keys)."""
+        for job in self._jobs.values():
+            job.cancel()
+
+    def __enter__(self) -> HostKeyMaker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 def fingerprint(public_line: str) -> str:

@@ -23,6 +23,7 @@ from vmbuild.model.codec import to_data as to_data  # re-exported: the build imp
 from vmbuild.model.facts import GuestFacts
 from vmbuild.model.profile import (
     DEFAULT_POOL,
+    HOST_KEY_TYPES,
     Account,
     Base,
     Bus,
@@ -167,6 +168,8 @@ class Plan:
     #: What the bundle is made for; targets other than libvirt's are exported into
     #: ``<bundle>/<target>/`` from the libvirt bundle.
     target: Target = Target.LIBVIRT_KVM
+    #: The SSH host key types every VM gets (lab.host_key_types).
+    host_key_types: tuple[str, ...] = HOST_KEY_TYPES
 
     def host(self, name: str) -> HostPlan:
         """A declared host, or the undeclared ``local``; KeyError for anything else."""
@@ -412,6 +415,7 @@ def make_plan(profile: Profile, plugins: Plugins | None = None) -> Plan:
         vms=tuple(vms),
         hosts=tuple(HostPlan(host.name, host.uri, host.pool) for host in profile.hosts),
         target=profile.target,
+        host_key_types=profile.host_key_types,
     )
     if plugins is None:
         return plan

@@ -155,6 +155,10 @@ class Network:
 
 #: The host a VM runs on when the profile places it nowhere else: the machine deploy
 #: runs on. A profile may declare it ([hosts.local]) to give it a URI or a pool.
+#: The SSH host key types OpenSSH's sshd loads when its configuration names none
+#: (Debian's does not), in the order it offers them: what a VM gets by default.
+HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
 LOCAL_HOST = "local"
 #: The storage pool of a host that names none.
 DEFAULT_POOL = "default"
@@ -220,6 +224,8 @@ class Profile:
     hosts: tuple[HostSpec, ...] = ()
     #: What the bundle is made for: see Target.
     target: Target = Target.LIBVIRT_KVM
+    #: The SSH host key types every VM gets, in the order sshd offers them.
+    host_key_types: tuple[str, ...] = HOST_KEY_TYPES
 
     @property
     def folder(self) -> Path:
@@ -599,15 +605,8 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
 
 
 def _choice(kind: type[E]) -> Callable[[Any], E]:
-    def parse(value: Any) -> E:
-        options = [member.value for member in kind]
-        if value not in options:
-            close = difflib.get_close_matches(str(value), options, n=1)
-            extra = f'; did you mean "{close[0]}"?' if close else ""
-            raise ValueError(f"is not one of {', '.join(options)}{extra}")
-        return kind(value)
-
-    return parse
+    text = _choice_of(tuple(member.value for member in kind))
+    return lambda value: kind(text(value))
 
 
 _UNIT_NAMES = {"M": "MiB", "G": "GiB"}
@@ -787,6 +786,27 @@ def _vm_name(value: Any) -> str:
     return text
 
 
+def _host_key_types(value: Any) -> tuple[str, ...]:
+    types = _string_list(_choice_of(HOST_KEY_TYPES))(value)
+    if not types:
+        raise ValueError("is empty: a VM needs at least one host key for sshd to start")
+    repeated = sorted({kind for kind in types if types.count(kind) > 1})
+    if repeated:
+        raise ValueError(f"names {', '.join(repeated)} more than once")
+    return types
+
+
+def _choice_of(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1)
+            extra = f'; did you mean "{close[0]}"?' if close else ""
+            raise ValueError(f"is not one of {', '.join(options)}{extra}")
+        return str(value)
+
+    return parse
+
+
 def _unchecked(value: Any) -> Any:
     """A value checked later: a group's hostname, once {n} is expanded."""
     return value
@@ -803,6 +823,7 @@ _LAB = {
     "domain_type": Setting(_choice(DomainType), DomainType.KVM),
     "target": Setting(_choice(Target)),
     "vnc_base": Setting(_integer(5900, 65000), 5900),
+    "host_key_types": Setting(_host_key_types, HOST_KEY_TYPES),
 }
 _BASE = {
     "image": Setting(_nonempty),
@@ -1278,6 +1299,7 @@ def parse_profile(
     if target is Target.LIBVIRT_QEMU:
         domain_type = DomainType.QEMU
     vnc_base = lab("vnc_base")
+    host_key_types = lab("host_key_types")
     if isinstance(name, str) and "{" in name:
         check.add("lab", f"name {_quote(name)} may not contain braces")
 
@@ -1378,4 +1400,5 @@ def parse_profile(
         plugins=plugins,
         hosts=tuple(hosts),
         target=target,
+        host_key_types=host_key_types,
     )
