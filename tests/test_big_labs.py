@@ -123,24 +123,34 @@ def test_host_keys_come_per_vm_in_the_lab_order_of_types() -> None:
 def test_the_cheap_keys_are_made_first_and_waits_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    made: list[tuple[str, str]] = []
+    made: list[tuple[str, str, int]] = []
 
-    def fake(key_type: str, comment: str) -> tuple[bytes, str]:
-        made.append((comment, key_type))
-        time.sleep(0.05)
+    def fake(key_type: str, comment: str, niceness: int) -> tuple[bytes, str]:
+        made.append((comment, key_type, niceness))
+        time.sleep(0.2)
         return b"private", f"{key_type} AAAA {comment}"
 
     monkeypatch.setattr(hostkeys, "_generate", fake)
-    maker = HostKeyMaker({"a": "a"}, ("rsa", "ed25519"), workers=1)
+    maker = HostKeyMaker({"a": "a", "b": "b"}, ("rsa", "ed25519"), workers=1)
+    deadline = time.monotonic() + 5
+    while not made and time.monotonic() < deadline:  # a's job has begun, unhurried
+        time.sleep(0.01)
     assert list(maker.keys("a")) == ["rsa", "ed25519"]
-    assert made == [("root@a", "ed25519"), ("root@a", "rsa")]
-    assert maker.waited > 0.05
+    assert maker.waited > 0.2
+    maker.keys("b")
+    # a's keys were made niced; once the caller had to wait, b's are not
+    assert made == [
+        ("root@a", "ed25519", 19),
+        ("root@a", "rsa", 19),
+        ("root@b", "ed25519", 0),
+        ("root@b", "rsa", 0),
+    ]
 
 
 def test_a_failed_build_drops_the_keys_not_yet_made(monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[str] = []
 
-    def slow(key_type: str, comment: str) -> tuple[bytes, str]:
+    def slow(key_type: str, comment: str, niceness: int) -> tuple[bytes, str]:
         started.append(comment)
         time.sleep(0.3)
         return b"", ""
@@ -154,7 +164,7 @@ def test_a_failed_build_drops_the_keys_not_yet_made(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_failed_ssh_keygen_is_an_error_for_that_vm(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(key_type: str, comment: str) -> tuple[bytes, str]:
+    def broken(key_type: str, comment: str, niceness: int) -> tuple[bytes, str]:
         raise BuildError(f"ssh-keygen -t {key_type} failed: no entropy")
 
     monkeypatch.setattr(hostkeys, "_generate", broken)

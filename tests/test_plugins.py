@@ -575,16 +575,18 @@ def test_changing_a_lab_plugin_rebuilds_the_disks(built: Built, run_cli: RunCli)
 # --------------------------------------------- the built-in network plugin, disabled
 
 
-def _fixed_host_keys() -> Callable[[dict[str, str], Sequence[str]], dict[str, HostKeySet]]:
+def _fixed_host_keys() -> Callable[..., dict[str, HostKeySet]]:
     """Host keys made once per VM name, so that two builds publish the same keys."""
     from vmbuild.host.hostkeys import generate_host_keys
 
     made: dict[str, HostKeySet] = {}
 
-    def generate(hostnames: dict[str, str], types: Sequence[str]) -> dict[str, HostKeySet]:
+    def generate(
+        hostnames: dict[str, str], types: Sequence[str], niceness: int = 19
+    ) -> dict[str, HostKeySet]:
         missing = {name: host for name, host in hostnames.items() if name not in made}
         if missing:
-            made.update(generate_host_keys(missing, types))
+            made.update(generate_host_keys(missing, types, niceness))
         return {name: made[name] for name in hostnames}
 
     return generate

@@ -25,6 +25,7 @@ from vmbuild.build.decide import decide, disk_inputs, hosts_inputs, same_backing
 from vmbuild.build.manifest import lab_files
 from vmbuild.errors import BuildError, UserError
 from vmbuild.golden.builder import build_golden
+from vmbuild.guest.diskops import listed
 from vmbuild.host import qemuimg
 from vmbuild.host.files import fsync_path, stat_key, write_atomic
 from vmbuild.host.hostkeys import HostKeyMaker
@@ -207,7 +208,8 @@ def create_new_disks(ctx: BuildContext, stage: Path) -> None:
 
 
 def write_identities(ctx: BuildContext, stage: Path, keys: HostKeyMaker) -> tuple[Planned, NewKeys]:
-    """Every new or refreshed disk gets its identity, in one appliance for the lab.
+    """Every new or refreshed disk gets its identity, in as few appliance launches as
+    the lab's size allows.
     Returns the plan with its disk operations, and the new disks' public host keys."""
     edits = [
         Edit(vm, stage / vm.disk.file, hosts_only=vm.name in ctx.decision.refresh)
@@ -220,8 +222,8 @@ def write_identities(ctx: BuildContext, stage: Path, keys: HostKeyMaker) -> tupl
         with step("Inspecting the golden image"):
             facts = inspect_only(ctx.base)
         return plan_operations(ctx.plan, facts, ctx.plugins), {}
-    names = ", ".join(edit.vm.name for edit in edits)
-    with step(f"Writing identities into {len(edits)} disks in one appliance: {names}"):
+    names = listed([edit.vm.name for edit in edits], 8)
+    with step(f"Writing identities into {len(edits)} disks: {names}"):
         planned = customize(ctx.plan, ctx.base, ctx.plugins, edits, keys, ctx.appliances)
         settle_disks([edit.disk for edit in edits], [edit.vm.disk.format for edit in edits])
         public = {
