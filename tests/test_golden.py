@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pycdlib
 import pytest
+from vmbuild.errors import BuildError
 from vmbuild.model.plan import Plan, make_plan
 from vmbuild.model.profile import load_profile
+from vmbuild.output import seed
 from vmbuild.output.domain import domain_xml
-from vmbuild.output.seed import seed_files, seed_iso_bytes
+from vmbuild.output.seed import SeedImages, seed_files, seed_inputs, seed_iso_bytes
 from vmbuild.plugins.manager import load_plugins
 
 HERE = Path(__file__).parent
@@ -131,6 +133,43 @@ def test_every_golden_folder_is_a_case_with_its_expected_files() -> None:
     for case, want in cases.items():
         assert (want / "plan.json").is_file(), f"{case}: no expected plan.json"
         assert list(want.glob("vms/*/domain.xml")), f"{case}: no expected domain XML"
+
+
+def test_seed_inputs_follow_every_byte_of_the_files_and_the_epoch() -> None:
+    files = {"meta-data": b"instance-id: a\n", "user-data": b"#cloud-config\n"}
+    first = seed_inputs(files, 0)
+    assert seed_inputs(dict(files), 0) == first
+    assert seed_inputs(files, 1) != first
+    assert seed_inputs({**files, "user-data": b"#cloud-config\nx: 1\n"}, 0) != first
+    # The same bytes split differently between name and contents are other files.
+    assert seed_inputs({"ab": b"c"}, 0) != seed_inputs({"a": b"bc"}, 0)
+    assert seed_inputs(dict(reversed(files.items())), 0) != first  # the ISO's order
+
+
+def test_seed_images_answer_a_recorded_sha256_without_making_the_iso(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = {
+        "a": {"meta-data": b"instance-id: a\n"},
+        "b": {"meta-data": b"instance-id: b\n"},
+    }
+    real = {name: hashlib.sha256(seed_iso_bytes(f, 0)).hexdigest() for name, f in files.items()}
+    made: list[bytes] = []
+    making = seed.seed_iso_bytes
+    monkeypatch.setattr(seed, "seed_iso_bytes", lambda *a: made.append(b"") or making(*a))
+    known = {"a": (seed_inputs(files["a"], 0), "recorded"), "b": ("other inputs", "stale")}
+    images = SeedImages(files, 0, known)
+    assert images.sha256("a") == "recorded" and made == []
+    assert images.sha256("b") == real["b"] and len(made) == 1  # inputs changed: made
+    assert hashlib.sha256(images["a"]).hexdigest() == real["a"]
+    assert images.sha256("a") == real["a"]  # once made, its own bytes answer
+    assert images["a"] is images["a"] and len(made) == 2
+    assert sorted(images) == ["a", "b"] and len(images) == 2
+
+
+def test_seed_images_refuse_two_files_of_one_iso_name_up_front() -> None:
+    with pytest.raises(BuildError, match="same ISO 9660 name"):
+        SeedImages({"a": {"user-data": b"", "USER_DATA": b""}}, 0)
 
 
 def test_seed_iso_is_reproducible_and_honours_source_date_epoch(

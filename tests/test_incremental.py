@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from guestimages import read_guest_files
 from labs import write_lab
+from vmbuild.output import seed
 
 #: The run_cli fixture (conftest.py): run(*args) -> Result(code, out, err).
 RunCli = Callable[..., Any]
@@ -32,7 +33,9 @@ def host_keys(bundle: Path) -> dict[str, str]:
     return {name: vm["host_keys"]["ed25519"] for name, vm in manifest["vms"].items()}
 
 
-def test_rebuilds_do_only_what_changed(run_cli: RunCli, golden: Path, tmp_path: Path) -> None:
+def test_rebuilds_do_only_what_changed(
+    run_cli: RunCli, golden: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vms = [{"name": name, "ip": f"192.0.2.{ip}"} for name, ip in (("a", 10), ("b", 11), ("c", 12))]
     profile = write_lab(tmp_path, golden, name="inc", domain=None, vms=vms)
     out = tmp_path / "out"
@@ -47,6 +50,24 @@ def test_rebuilds_do_only_what_changed(run_cli: RunCli, golden: Path, tmp_path: 
     assert "inc is up to date: nothing to do" in again.err
     assert "appliance" not in again.err
     assert snapshot(bundle) == before
+
+    # Not even a seed ISO is made to be compared: the manifest's seed_inputs say
+    # what each was made from. One changed on disk is noticed all the same, and put
+    # back as it was, with nothing else rewritten.
+    made = []
+    making = seed.seed_iso_bytes
+    monkeypatch.setattr(seed, "seed_iso_bytes", lambda *a: made.append(1) or making(*a))
+    assert "nothing to do" in run_cli(profile, "-o", out).err
+    assert made == []
+    iso = bundle / "vms/a/seed.iso"
+    original = iso.read_bytes()
+    iso.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    repaired = run_cli(profile, "-o", out)
+    assert repaired.code == 0, repaired.err
+    assert "nothing to do" not in repaired.err and "appliance" not in repaired.err
+    assert iso.read_bytes() == original
+    assert snapshot(bundle)["vms/b/seed.iso"] == before["vms/b/seed.iso"]
+    before = snapshot(bundle)
 
     # One VM's address changes: that VM's disk, seed and XML are made anew; the
     # others keep their disks (with the lab's new /etc/hosts), seeds and XML.

@@ -15,6 +15,7 @@ from vmbuild.build.decide import Decision
 from vmbuild.model.facts import GuestFacts
 from vmbuild.model.plan import Plan, VmPlan
 from vmbuild.output.bundle import MANIFEST, MANIFEST_FORMAT
+from vmbuild.output.seed import SeedImages
 
 if TYPE_CHECKING:
     from vmbuild.build.customize import Planned
@@ -39,6 +40,16 @@ class Previous:
             return str(base["stat_key"]), str(base["sha256"])
         return None
 
+    def seeds_known(self) -> dict[str, tuple[str, str]]:
+        """Each VM's seed ISO as recorded: (its seed_inputs, its sha256)."""
+        known = {}
+        for name, vm in self.manifest.get("vms", {}).items():
+            with contextlib.suppress(AttributeError, KeyError, TypeError):
+                inputs, sha256 = vm["seed_inputs"], vm["artifacts"]["seed"]["sha256"]
+                if isinstance(inputs, str) and isinstance(sha256, str):
+                    known[name] = (inputs, sha256)
+        return known
+
 
 def read_previous(final: Path) -> Previous | None:
     """The bundle at ``final`` as its manifest and plan.json describe it, or None
@@ -51,7 +62,7 @@ def read_previous(final: Path) -> Previous | None:
         return None
     guest = None
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        guest = Plan.from_json((final / "plan.json").read_text()).guest
+        guest = Plan.guest_from_json((final / "plan.json").read_text())
     return Previous(manifest, guest)
 
 
@@ -69,8 +80,8 @@ class BuildContext:
     #: Each VM's ``disk_inputs``, and the lab's ``hosts_inputs``.
     inputs: Mapping[str, str]
     hosts: str
-    #: Each VM's seed ISO and domain XML, as bytes.
-    seeds: Mapping[str, bytes]
+    #: Each VM's seed ISO (made when first read) and domain XML, as bytes.
+    seeds: SeedImages
     xmls: Mapping[str, bytes]
     #: The disks of the current bundle that this build replaces, removes or copies,
     #: with what it does to each (see ``libvirt.inuse.refuse_running``).

@@ -45,7 +45,7 @@ def lab_files(
     }
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     for vm in plan.vms:
-        digests[vm.seed.file] = hashlib.sha256(ctx.seeds[vm.name]).hexdigest()
+        digests[vm.seed.file] = ctx.seeds.sha256(vm.name)
         digests[vm.xml] = hashlib.sha256(ctx.xmls[vm.name]).hexdigest()
         digests[vm.disk.file] = (
             file_digest(stage / vm.disk.file)
@@ -117,6 +117,7 @@ def _manifest(
                 "machine_id": vm.machine_id,
                 "vnc_port": vm.vnc.port,
                 "disk_inputs": ctx.inputs[vm.name],
+                "seed_inputs": ctx.seeds.inputs(vm.name),
                 "hosts": ctx.hosts,
                 "host_keys": dict(host_keys[vm.name]),
                 "artifacts": {

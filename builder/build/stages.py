@@ -27,7 +27,7 @@ from vmbuild.errors import BuildError, UserError
 from vmbuild.golden.builder import build_golden
 from vmbuild.guest.diskops import listed
 from vmbuild.host import qemuimg
-from vmbuild.host.files import fsync_path, stat_key, write_atomic
+from vmbuild.host.files import file_digest, fsync_path, stat_key, write_atomic
 from vmbuild.host.hostkeys import HostKeyMaker
 from vmbuild.libvirt.inuse import refuse_running
 from vmbuild.log import detail, info, step
@@ -35,7 +35,7 @@ from vmbuild.model.plan import Plan, VmPlan
 from vmbuild.model.profile import DiskFormat, DiskMode, control_character, format_size
 from vmbuild.output.bundle import MANIFEST, bundle_disks, publish
 from vmbuild.output.domain import domain_xml
-from vmbuild.output.seed import seed_files, seed_iso_bytes, source_date_epoch
+from vmbuild.output.seed import SeedImages, seed_files, source_date_epoch
 from vmbuild.plugins.manager import Plugins
 from vmbuild.targets import export
 
@@ -107,8 +107,11 @@ def plan_build(
         else None,
         on_disk,
     )
-    epoch = source_date_epoch()
-    seeds = {vm.name: seed_iso_bytes(seed_files(plan, vm, plugins), epoch) for vm in plan.vms}
+    seeds = SeedImages(
+        {vm.name: seed_files(plan, vm, plugins) for vm in plan.vms},
+        source_date_epoch(),
+        previous.seeds_known() if previous is not None else None,
+    )
     backing = _backing_chain(base)
     xmls = {vm.name: domain_xml(plan, vm, str(final), plugins, backing) for vm in plan.vms}
     _check_lab_macs(xmls)
@@ -137,7 +140,7 @@ def unchanged(ctx: BuildContext) -> dict[str, Any] | None:
     if ctx.recorded is None:
         return None
     if not all(
-        _unchanged_file(ctx.final, vm.seed.file, ctx.seeds[vm.name])
+        _has_digest(ctx.final, vm.seed.file, ctx.seeds.sha256(vm.name))
         and _unchanged_file(ctx.final, vm.xml, ctx.xmls[vm.name])
         for vm in ctx.plan.vms
     ):
@@ -310,6 +313,14 @@ def _unchanged_file(final: Path, name: str, data: bytes) -> bool:
     path = final / name
     try:
         return path.is_file() and not path.is_symlink() and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _has_digest(final: Path, name: str, sha256: str) -> bool:
+    path = final / name
+    try:
+        return path.is_file() and not path.is_symlink() and file_digest(path) == sha256
     except OSError:
         return False
 

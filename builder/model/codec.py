@@ -19,6 +19,7 @@ import enum
 import functools
 import ipaddress
 import json
+import json.encoder
 import types
 import typing
 import uuid
@@ -53,11 +54,22 @@ class DecodeError(UserError, ValueError):
         return f"{self.path}: {self.message}"
 
 
+#: Values that are JSON as they are (a big plan holds thousands).
+_PLAIN = frozenset({str, int, float, bool})
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(kind))
+
+
 def to_data(value: Any) -> Any:
     """``value`` as JSON-able data: dataclasses as objects (fields in order), enums
     as their values, tuples as lists, addresses and UUIDs as text."""
+    if value is None or type(value) in _PLAIN:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {name: to_data(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (tuple, list)):
@@ -97,6 +109,8 @@ def _show(data: Any) -> str:
         return "an object"
     if isinstance(data, (list, tuple)):
         return "a list"
+    if isinstance(data, str):  # what json.dumps(ensure_ascii=False) says, without its setup
+        return json.encoder.encode_basestring(data)
     return json.dumps(data, ensure_ascii=False, default=repr)
 
 

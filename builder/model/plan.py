@@ -202,6 +202,17 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         return cls.from_data(json.loads(text))
 
+    @staticmethod
+    def guest_from_json(text: str) -> GuestFacts | None:
+        """The golden image's facts a plan.json records, decoding nothing else of it:
+        a no-op rebuild of a big lab needs only these."""
+        data = json.loads(text)
+        found = data.get("format") if isinstance(data, dict) else None
+        if found != PLAN_FORMAT:
+            raise ValueError(f"unsupported plan format {found!r}")
+        guest = data.get("guest")
+        return None if guest is None else from_data(GuestFacts, guest, "Plan.guest")
+
     @classmethod
     def from_data(cls, data: Any) -> Plan:
         """A plan as to_data wrote it; ValueError (a DecodeError naming the field,

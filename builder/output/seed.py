@@ -1,12 +1,18 @@
 """NoCloud seed for each VM: user-data, meta-data and network-config on an ISO.
 
 The ISO is written with pycdlib (no genisoimage): volume id ``cidata``, Joliet and
-Rock Ridge, and every timestamp fixed so that two builds give identical bytes.
+Rock Ridge, and every timestamp fixed so that two builds give identical bytes. Since
+the bytes follow from the files, a build records each ISO's inputs as one digest
+(``seed_inputs``), and a later build with the same inputs knows the ISO's sha256
+without making it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import importlib.metadata
 import io
 import os
 import re
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pycdlib
 import yaml
+from vmbuild import __version__
 from vmbuild.errors import BuildError, UserError
 from vmbuild.host.files import write_atomic
 from vmbuild.model.plan import Plan, VmPlan
@@ -138,8 +145,81 @@ def _frozen_pycdlib_clock(epoch: int) -> Iterator[None]:
                 setattr(module, "time", original)  # noqa: B010
 
 
+def check_seed_names(files: Mapping[str, bytes]) -> dict[str, str]:
+    """Each file's ISO 9660 name; BuildError when two files would share one."""
+    taken: dict[str, str] = {}
+    for name in files:
+        plain = iso9660_name(name)
+        if plain in taken:
+            raise BuildError(
+                f"seed files {taken[plain]} and {name} have the same ISO 9660 name {plain}"
+            )
+        taken[plain] = name
+    return {name: plain for plain, name in taken.items()}
+
+
+@functools.cache
+def _writer() -> str:
+    """What writes the ISO's bytes: a new version may write other bytes."""
+    return f"vmbuild {__version__}, pycdlib {importlib.metadata.version('pycdlib')}"
+
+
+def seed_inputs(files: Mapping[str, bytes], epoch: int) -> str:
+    """One sha256 of everything a seed ISO's bytes follow from: its files in order,
+    the epoch of its timestamps and the writer's version."""
+    digest = hashlib.sha256(f"{_writer()}\0{epoch}\0".encode())
+    for name, data in files.items():
+        digest.update(f"{len(name)}:{name}{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+class SeedImages(Mapping[str, bytes]):
+    """Each VM's seed ISO, made when first asked for. ``known`` is what the previous
+    bundle recorded for each VM's ISO, (seed_inputs, sha256): while the inputs are
+    the same, ``sha256`` answers from it without making the ISO, so that checking an
+    unchanged lab of a hundred VMs makes none."""
+
+    def __init__(
+        self,
+        files: Mapping[str, Mapping[str, bytes]],
+        epoch: int,
+        known: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        for each in files.values():
+            check_seed_names(each)
+        self._files = files
+        self._epoch = epoch
+        self._known = known or {}
+        self._inputs: dict[str, str] = {}
+        self._made: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._made:
+            self._made[name] = seed_iso_bytes(self._files[name], self._epoch)
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def inputs(self, name: str) -> str:
+        if name not in self._inputs:
+            self._inputs[name] = seed_inputs(self._files[name], self._epoch)
+        return self._inputs[name]
+
+    def sha256(self, name: str) -> str:
+        recorded = self._known.get(name)
+        if recorded is not None and name not in self._made and recorded[0] == self.inputs(name):
+            return recorded[1]
+        return hashlib.sha256(self[name]).hexdigest()
+
+
 def seed_iso_bytes(files: Mapping[str, bytes], epoch: int) -> bytes:
     """An ISO 9660 image with Joliet and Rock Ridge holding ``files`` at its root."""
+    plain_names = check_seed_names(files)
     with _frozen_pycdlib_clock(epoch):
         iso = pycdlib.PyCdlib()
         iso.new(
@@ -150,18 +230,11 @@ def seed_iso_bytes(files: Mapping[str, bytes], epoch: int) -> bytes:
             sys_ident="LINUX",
             app_ident_str="VMBUILD",
         )
-        taken: dict[str, str] = {}
         for name, data in files.items():
-            plain = iso9660_name(name)
-            if plain in taken:
-                raise BuildError(
-                    f"seed files {taken[plain]} and {name} have the same ISO 9660 name {plain}"
-                )
-            taken[plain] = name
             iso.add_fp(
                 io.BytesIO(data),
                 len(data),
-                plain,
+                plain_names[name],
                 rr_name=name,
                 joliet_path="/" + name,
             )
