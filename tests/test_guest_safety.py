@@ -21,13 +21,14 @@ from vmbuild.guest.files import GuestFiles, GuestPathError, guest_path
 
 VMBUILD = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "vmbuild")
 
-#: The lab of these tests: one VM, "victim", on a bridge.
+#: The lab of these tests: two VMs on a bridge, "victim" and "victim2" (the second
+#: clone's look at the golden image is the first's, shared).
 write_profile = functools.partial(
     write_lab,
     name="trap",
     domain=None,
     network={"source": "br-test", "subnet": "192.0.2.0/24"},
-    vms=[{"name": "victim", "ip": "192.0.2.10"}],
+    vms=[{"name": "victim", "ip": "192.0.2.10"}, {"name": "victim2", "ip": "192.0.2.11"}],
 )
 
 
@@ -78,17 +79,25 @@ def test_a_folder_link_to_etc_does_not_empty_the_clones_etc(
     assert code == 0, err
     assert "not removing" in err or "not looking for /var/lib/cloud/*" in err, err
     assert "/var/lib/cloud" in err and "symbolic link" in err
-    disks = {"golden": hostile["cloud-to-etc"], "clone": out / "trap/vms/victim/disk.qcow2"}
+    disks = {
+        "golden": hostile["cloud-to-etc"],
+        "victim": out / "trap/vms/victim/disk.qcow2",
+        "victim2": out / "trap/vms/victim2/disk.qcow2",
+    }
     seen = guest_entries(disks, trees=["/etc"])
-    golden, clone = seen["golden"], seen["clone"]
+    golden = seen["golden"]
     assert len(golden) > 20
-    # Only the golden VM's leftovers that the clean-up names go.
-    assert set(golden) - set(clone) == {
-        "/etc/udev/rules.d/70-persistent-net.rules",
-        "/etc/udev/rules.d/70-persistent-cd.rules",
-    } & set(golden)
-    for path in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/fstab"):
-        assert clone[path] == golden[path], path
+    for name in ("victim", "victim2"):
+        clone = seen[name]
+        # Only the golden VM's leftovers that the clean-up names go.
+        assert set(golden) - set(clone) == {
+            "/etc/udev/rules.d/70-persistent-net.rules",
+            "/etc/udev/rules.d/70-persistent-cd.rules",
+        } & set(golden), name
+        for path in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/fstab"):
+            assert clone[path] == golden[path], (name, path)
+        assert clone["/etc/hostname"] != golden.get("/etc/hostname"), name
+    assert seen["victim"]["/etc/hostname"] != seen["victim2"]["/etc/hostname"]
 
 
 @pytest.mark.guestfs

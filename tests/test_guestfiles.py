@@ -14,10 +14,10 @@ import pytest
 from vmbuild.guest import inspect
 from vmbuild.guest.appliance import Appliance, device_name
 from vmbuild.guest.diskops import Context, HostKeys, RemovePaths
-from vmbuild.guest.files import GuestFiles, GuestPathError
+from vmbuild.guest.files import GuestFiles, GuestPathError, Pristine
 
 QEMU_IMG_OVERLAY = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]
-DRIVES = ("coherence", "glob", "trees", "links", "keys", "root", "inspect")
+DRIVES = ("coherence", "glob", "trees", "links", "keys", "root", "inspect", "clone1", "clone2")
 
 
 def test_device_names_follow_the_order_drives_were_added() -> None:
@@ -41,11 +41,11 @@ class Lab:
     drives: dict[str, int]
 
     @contextlib.contextmanager
-    def mounted(self, name: str) -> Iterator[GuestFiles]:
+    def mounted(self, name: str, pristine: Pristine | None = None) -> Iterator[GuestFiles]:
         """The drive's filesystem mounted at /, with a new GuestFiles on it."""
         self.app.handle.mount(self.app.device(self.drives[name]) + "1", "/")
         try:
-            yield GuestFiles(self.app)
+            yield GuestFiles(self.app, pristine)
         finally:
             self.app.handle.umount_all()
 
@@ -259,3 +259,51 @@ def test_inspection_maps_fstab_uuids_and_labels(lab: Lab, monkeypatch: pytest.Mo
         facts = inspect.inspect_golden(lab.app, index)
         assert dict(facts.mounts) == {"/": device, "/srv": device, "/mnt": device}
         assert facts.filesystems == ((device, "ext4"),)
+
+
+@pytest.mark.guestfs
+def test_fresh_clones_share_the_golden_images_answers_and_nothing_written(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pristine = Pristine()
+    with lab.mounted("clone1", pristine) as first:
+        passwd = first.read("/etc/passwd")
+        golden_hostname = first.read("/etc/hostname")
+        keys = first.glob("/etc/ssh/ssh_host_*")
+        assert first.kind("/etc/ssh") == "folder"
+        first.write("/etc/hostname", b"one\n")
+        first.write("/etc/vmbuild-clone", b"only in clone1\n")
+        first.remove_all(["/etc/ssh"])
+        assert first.read("/etc/hostname") == b"one\n"
+
+    calls: list[str] = []
+    call = lab.app.call
+
+    def counted(what: str, function: object, *args: object, **kwargs: object) -> object:
+        calls.append(getattr(function, "__name__", "?"))
+        return call(what, function, *args, **kwargs)  # type: ignore[arg-type]
+
+    with lab.mounted("clone2", pristine) as second:
+        monkeypatch.setattr(lab.app, "call", counted)
+        # What clone1 looked at before it changed it comes from the record...
+        assert second.read("/etc/passwd") == passwd
+        assert second.read("/etc/hostname") == golden_hostname
+        assert second.glob("/etc/ssh/ssh_host_*") == keys
+        assert second.kind("/etc/ssh") == "folder"
+        assert not {"readdir", "lstatnslist", "pread"} & set(calls), calls
+        # ... and nothing clone1 wrote is in it.
+        assert second.kind("/etc/vmbuild-clone") is None
+        second.write("/etc/hostname", b"two\n")
+        assert second.read("/etc/hostname") == b"two\n"
+        assert "write" in calls
+        monkeypatch.undo()
+        look = lab.fresh()  # what the disk holds, asked anew
+        assert look.read("/etc/hostname") == b"two\n"
+        assert look.kind("/etc/vmbuild-clone") is None
+        assert look.glob("/etc/ssh/ssh_host_*") == keys
+    with lab.mounted("clone1") as first_again:
+        assert first_again.read("/etc/hostname") == b"one\n"
+        assert first_again.kind("/etc/ssh") is None
+    # The record itself still says what the golden image holds.
+    assert pristine.contents["/etc/hostname"] == golden_hostname
+    assert "vmbuild-clone" not in pristine.listings["/etc"]

@@ -3,6 +3,8 @@
 The golden image and the VMs' disks go onto one handle (in chunks for big labs),
 the golden image is inspected once, read-only, and each disk is mounted in turn
 inside the appliance and edited with the operations the plugins planned for it.
+What the new disks hold before they are edited is the golden image's, looked at
+once: the first clone's listings and reads serve the others.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from vmbuild.build.base import BaseImage
 from vmbuild.errors import BuildError
 from vmbuild.guest.appliance import APPLIANCE_CPUS, POLL, Appliance, ApplianceStopped
 from vmbuild.guest.diskops import Context, Operation, listed, ordered, run_operations
-from vmbuild.guest.files import GuestFiles
+from vmbuild.guest.files import GuestFiles, Pristine
 from vmbuild.guest.inspect import device_map_for, inspect_golden, mount_all
 from vmbuild.host.hostkeys import HostKeyMaker
 from vmbuild.log import detail, info, warn
@@ -169,6 +171,9 @@ class _Lab:
         self.plugins = plugins
         self.keys = keys
         self.stop = threading.Event()
+        #: What the fresh clones hold before they are written to: the golden image's
+        #: files, looked at once for the whole lab.
+        self.pristine = Pristine()
         self._planned: Planned | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -223,7 +228,8 @@ def _edit(app: Appliance, lab: _Lab, planned: Planned, golden: int, edit: Edit, 
     except BuildError as err:
         raise BuildError(err.message, place=where) from None
     context = Context({} if edit.hosts_only else lab.keys.keys(vm.name))
-    guest = GuestFiles(app)
+    # A refreshed disk was written by an earlier build: it is no clone to share with.
+    guest = GuestFiles(app, None if edit.hosts_only else lab.pristine)
     run_operations(guest, ops, context, where, detail)
     for note in guest.skipped:
         lab.warn_once(vm.place, note)

@@ -8,7 +8,10 @@ A golden image may be hostile: its ``/etc/hostname`` may be a link to
 
 Under TCG every appliance call costs milliseconds, so what the guest holds is
 remembered (folder listings, lstat answers, file contents) and kept up to date by
-``GuestFiles``'s own changes.
+``GuestFiles``'s own changes. The fresh clones of one golden image hold the same
+files until they are written to, so one ``Pristine`` record of those answers serves
+them all: a lab's second and later clones ask the appliance only for what the first
+did not look at.
 """
 
 from __future__ import annotations
@@ -79,6 +82,20 @@ _READDIR_KINDS = {
 }
 
 
+class Pristine:
+    """What fresh clones of one golden image answer before anything is written to
+    them: folder listings, lstat answers and file contents, by path. Only a
+    GuestFiles of a clone nothing has written to yet may be given one; it records
+    the answers for paths it has not changed and reads them back for paths it has
+    not changed. Entries are never changed once recorded (readers take copies), so
+    the appliances of one build share one record without a lock."""
+
+    def __init__(self) -> None:
+        self.listings: dict[str, dict[str, str]] = {}
+        self.stats: dict[str, Mapping[str, int]] = {}
+        self.contents: dict[str, bytes] = {}
+
+
 class GuestFiles:
     """File access to one mounted guest, checked component by component: no link is
     ever followed, so every path names exactly the file it says.
@@ -88,10 +105,17 @@ class GuestFiles:
     it), lstat answers and file contents, kept up to date by this class's own
     changes. Every change to the guest goes through it, and one
     instance serves one mounted guest: mounting another needs a new one.
+
+    ``pristine``, for a fresh clone of the golden image, shares what the lab's other
+    fresh clones were found to hold (see Pristine).
     """
 
-    def __init__(self, app: Appliance) -> None:
+    def __init__(self, app: Appliance, pristine: Pristine | None = None) -> None:
         self.app = app
+        self._pristine = pristine
+        #: Paths this instance changed: the pristine record says nothing about them,
+        #: what is below them or (for listings) the folders holding them.
+        self._touched: set[str] = set()
         self.h = app.handle
         # New files get 0644 (write's 0666 less this), which write() relies on.
         if app.umask != 0o022:
@@ -141,6 +165,10 @@ class GuestFiles:
         """A checked folder's entries and their kinds; None when it cannot be listed
         in one answer (then each name is looked at with lstat)."""
         if folder not in self._listings:
+            shared = self._shared(folder, listing=True)
+            if shared is not None and folder in shared.listings:
+                self._listings[folder] = dict(shared.listings[folder])
+                return self._listings[folder]
             entries = self.app.attempt(f"listing {folder}", self.h.readdir, folder)
             if isinstance(entries, ApplianceError):
                 return None  # too big for one answer, or not a folder
@@ -149,7 +177,21 @@ class GuestFiles:
                 for entry in entries
                 if entry["name"] not in (".", "..")
             }
+            if shared is not None:
+                shared.listings[folder] = dict(self._listings[folder])
         return self._listings[folder]
+
+    def _shared(self, path: str, *, listing: bool = False) -> Pristine | None:
+        """The pristine record, when it speaks for ``path``: nothing at or above it
+        was changed here (nor, for a folder's listing, anything in it)."""
+        if self._pristine is None:
+            return None
+        for changed in self._touched:
+            if path == changed or path.startswith(changed.rstrip("/") + "/"):
+                return None
+            if listing and posixpath.dirname(changed) == path:
+                return None
+        return self._pristine
 
     def _lstat(self, real: str) -> Mapping[str, int] | None:
         """lstat of a real path (not "/"); None when nothing is there."""
@@ -159,6 +201,10 @@ class GuestFiles:
         listing = self._listings.get(parent)
         if listing is not None and name not in listing:
             return None
+        shared = self._shared(real)
+        if shared is not None and real in shared.stats:
+            self._stats[real] = shared.stats[real]
+            return self._stats[real]
         try:
             stats = self.app.call(f"looking at {real}", self.h.lstatnslist, parent, [name])
         except ApplianceError:
@@ -169,11 +215,14 @@ class GuestFiles:
         if entry["st_ino"] == -1:
             return None
         self._stats[real] = entry
+        if shared is not None:
+            shared.stats[real] = entry
         return entry
 
     def _changed(self, real: str, kind: str | None) -> None:
         """Record that ``real`` now holds ``kind`` (None: nothing), forgetting what
         was known at or below it."""
+        self._touched.add(real)
         below = real.rstrip("/") + "/"
         for cache in (self._stats, self._contents, self._listings):
             for path in [p for p in cache if p == real or p.startswith(below)]:
@@ -264,6 +313,9 @@ class GuestFiles:
         target, entry = self._target(path)
         if entry is None:
             return None
+        shared = self._shared(target)
+        if target not in self._contents and shared is not None and target in shared.contents:
+            self._contents[target] = shared.contents[target]
         if target not in self._contents:
             size = int(entry["st_size"])
             chunks = []
@@ -273,6 +325,8 @@ class GuestFiles:
                     bytes(self.app.call(f"reading {path}", self.h.pread, target, count, offset))
                 )
             self._contents[target] = b"".join(chunks)
+            if shared is not None:
+                shared.contents[target] = self._contents[target]
         return self._contents[target]
 
     def write(
@@ -364,6 +418,8 @@ class GuestFiles:
             made = self.app.attempt(f"making {trash}", self.h.mkdir_mode, trash, 0o700)
             if isinstance(made, ApplianceError):
                 trash = None
+            else:
+                self._changed(trash, "folder")
         for number, (path, target) in enumerate(trees):
             self._changed(target, None)
             if trash is not None:
