@@ -9,16 +9,23 @@ from typing import Any
 import jinja2
 
 
-@functools.cache
-def environment() -> jinja2.Environment:
+def template_environment(package: str) -> jinja2.Environment:
+    """The templates of ``package``'s ``templates`` folder, as vmbuild renders every
+    template: strict undefined, XML autoescaped, trailing newlines kept, and the
+    ``shquote`` filter (a value quoted for the shell)."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("vmbuild.output", "templates"),
+        loader=jinja2.PackageLoader(package, "templates"),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",), default=False),
         keep_trailing_newline=True,
     )
     env.filters["shquote"] = lambda value: shlex.quote(str(value))
     return env
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    return template_environment("vmbuild.output")
 
 
 def render(template: str, **context: Any) -> str:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import functools
 import re
-import shlex
 from typing import Any
 
 import jinja2
 from vmbuild.errors import BuildError
+from vmbuild.output.render import template_environment
 
 #: The characters PowerShell takes for a single quote: ASCII's and four typographic ones.
 _PS_QUOTES = "'\u2018\u2019\u201a\u201b"
@@ -39,15 +39,9 @@ def xl_string(value: object) -> str:
 
 @functools.cache
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("vmbuild.targets", "templates"),
-        undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",), default=False),
-        keep_trailing_newline=True,
-    )
+    env = template_environment("vmbuild.targets")
     env.filters["psquote"] = psquote
     env.filters["xl"] = xl_string
-    env.filters["shquote"] = lambda value: shlex.quote(str(value))
     return env
 
 
