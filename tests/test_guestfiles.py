@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vmbuild.guest import inspect
+from vmbuild.guest import inspect, supermin
 from vmbuild.guest.appliance import Appliance, device_name
 from vmbuild.guest.diskops import Context, HostKeys, RemovePaths
 from vmbuild.guest.files import GuestFiles, GuestPathError, Pristine
@@ -307,3 +307,21 @@ def test_fresh_clones_share_the_golden_images_answers_and_nothing_written(
     # The record itself still says what the golden image holds.
     assert pristine.contents["/etc/hostname"] == golden_hostname
     assert "vmbuild-clone" not in pristine.listings["/etc"]
+
+
+@pytest.mark.guestfs
+def test_the_appliance_boots_with_vmbuilds_layer(lab: Lab) -> None:
+    """The appliance is vmbuild's (its own path and cache), its storage rule probes
+    no serial numbers, and what guestfsd and the other udev rules read is all there."""
+    handle = lab.app.handle
+    assert Path(handle.get_path()) == supermin.appliance_home() / "path"
+    assert Path(handle.get_cachedir()) == supermin.appliance_home() / "cache"
+    rule = handle.debug("sh", ["cat /etc/udev/rules.d/60-persistent-storage.rules"])
+    assert "path_id" in rule and "blkid" in rule
+    assert 'IMPORT{program}="scsi_id' not in rule and 'IMPORT{program}="ata_id' not in rule
+    by_path = handle.debug("sh", ["ls /dev/disk/by-path"]).split()
+    # The golden image, the drives and the appliance's own root disk.
+    assert len([name for name in by_path if "-part" not in name]) == len(DRIVES) + 2
+    # blkid's properties, which the LVM, MD and btrfs rules act on, are still set.
+    info = handle.debug("sh", [f"udevadm info --query=property {lab.app.device(lab.golden)}1"])
+    assert "ID_FS_TYPE=ext4" in info.splitlines()

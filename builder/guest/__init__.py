@@ -1,4 +1,5 @@
-"""The guest side: one libguestfs appliance for many disks (``appliance``), what a
+"""The guest side: one libguestfs appliance for many disks (``appliance``, booted
+with vmbuild's layer over libguestfs's own, ``supermin``), what a
 golden image holds (``inspect``), file access inside a guest that never follows a
 link (``files``), and disk edits as data (``diskops``, the operation types of the
 plugin API, and the runner that applies them through ``files``).

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from vmbuild.errors import BuildError, ImageLockedError
+from vmbuild.guest import supermin
 from vmbuild.host import qemuimg
 from vmbuild.host.space import free_space_problem
 from vmbuild.log import detail
@@ -281,6 +282,7 @@ class Appliance:
 
     def launch(self) -> None:
         what = f"starting the libguestfs appliance ({len(self.drives)} drives)"
+        self._choose_appliance()
         try:
             self.call(what, self.handle.launch, timeout=LAUNCH_TIMEOUT)
         except (ApplianceTimeout, ApplianceStopped):
@@ -293,6 +295,24 @@ class Appliance:
         # Asking the appliance (list_devices) costs a tenth of a second per drive
         # under TCG.
         self._devices = [device_name(index) for index in range(len(self.drives))]
+
+    def _choose_appliance(self) -> None:
+        """Boot vmbuild's layer over libguestfs's appliance (``supermin``), unless
+        VMBUILD_APPLIANCE=stock or the user's own LIBGUESTFS_PATH says otherwise."""
+        if os.environ.get("LIBGUESTFS_PATH") or os.environ.get("VMBUILD_APPLIANCE") == "stock":
+            return
+        searched = self.call("asking for the appliance path", self.handle.get_path)
+        for folder in str(searched).split(":"):
+            try:
+                layered = supermin.layered_path(Path(folder))
+            except OSError as err:
+                detail(f"libguestfs: its own appliance ({err})")
+                return
+            if layered is not None:
+                path, cache = layered
+                self.call("choosing the appliance", self.handle.set_path, str(path))
+                self.call("choosing its cache", self.handle.set_cachedir, str(cache))
+                return
 
     def _launch_failure(self, what: str, err: ApplianceError) -> BuildError:
         """The cause of a failed launch, where vmbuild can tell it: libguestfs says only
