@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vmbuild.errors import UserError
-from vmbuild.host.files import file_digest
+from vmbuild.host.files import file_digest, user_cache
 from vmbuild.model.profile import DEBIAN_PACKAGE, DEBIAN_RELEASE
 
 #: Bump when the build steps change what ends up in the image: it is in the digest.
@@ -120,8 +120,7 @@ def default_cache() -> Path:
         return Path(explicit)
     if os.geteuid() == 0 and not os.environ.get("XDG_CACHE_HOME"):
         return SYSTEM_CACHE
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vmbuild"
+    return user_cache()
 
 
 def golden_path(recipe: GoldenRecipe, cache: Path | None = None) -> Path:

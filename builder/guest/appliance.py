@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar
 from vmbuild.errors import BuildError, ImageLockedError
 from vmbuild.guest import supermin
 from vmbuild.host import qemuimg
+from vmbuild.host.files import user_cache
 from vmbuild.host.space import free_space_problem
 from vmbuild.log import detail
 
@@ -46,11 +47,6 @@ POLL = 1.0
 FULL_AFTER = 3.0
 #: How long a killed appliance's call may take to come back.
 DRAIN_TIMEOUT = 30.0
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vmbuild"
 
 
 def _host_kernel() -> Path | None:
@@ -84,7 +80,7 @@ def kvm_usable() -> tuple[bool, str]:
     kernel = _host_kernel()
     if qemu is None or kernel is None:
         return False, "no qemu-system-x86_64 or kernel in /boot to probe KVM with"
-    cache = _cache_dir() / "kvm-probe.json"
+    cache = user_cache() / "kvm-probe.json"
     key = _probe_key(kernel)
     with contextlib.suppress(OSError, ValueError, KeyError):
         saved = json.loads(cache.read_text())

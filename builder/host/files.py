@@ -10,6 +10,13 @@ from pathlib import Path
 from vmbuild.host.space import write_error
 
 
+def user_cache() -> Path:
+    """vmbuild's folder in the user's XDG cache: ``$XDG_CACHE_HOME/vmbuild``, else
+    ``~/.cache/vmbuild``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vmbuild"
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's data (or a folder's entries) to stable storage."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
