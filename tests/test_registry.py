@@ -637,6 +637,27 @@ def test_tag_missing_from_the_layout(
     assert "2026-12" in caught.value.hint
 
 
+@pytest.mark.parametrize("lost", ["piece", "manifest"])
+def test_a_layout_missing_a_blob_or_manifest_is_refused_before_anything_is_tagged(
+    registry: LocalRegistry,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    lost: str,
+) -> None:
+    lab = make_lab(tmp_path / "lab")
+    digest = lab.pieces[1]["digest"] if lost == "piece" else lab.golden["digest"]
+    (lab.layout.root / "blobs" / "sha256" / digest[7:]).unlink()
+    ref = registry.ref(repo(request), "2026-12")
+    with pytest.raises(RegistryError) as caught:
+        push(lab.layout.root, "2026-12", ref)
+    kind = "blob" if lost == "piece" else "manifest"
+    assert caught.value.message == f"the layout lacks {kind} {digest}"
+    assert caught.value.place == str(lab.layout.root)
+    assert caught.value.hint == "the layout is incomplete: pack or pull it again"
+    with pytest.raises(RegistryError, match="no such tag"):
+        pull(ref, tmp_path / "pulled")
+
+
 def test_registry_not_running(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -97,6 +97,15 @@ class RegistryError(BuildError):
     reached or refused, or content that is not what its digest says."""
 
 
+def _lacks(what: str, place: str) -> RegistryError:
+    """A local layout misses a manifest or blob that its index or a manifest lists."""
+    return RegistryError(
+        f"the layout lacks {what}",
+        place=place,
+        hint="the layout is incomplete: pack or pull it again",
+    )
+
+
 @dataclass(frozen=True)
 class Reference:
     """``host[:port]/repository:tag``."""
@@ -852,11 +861,7 @@ class _Layout:
                 )
             data = path.read_bytes()
         except FileNotFoundError as err:
-            raise RegistryError(
-                f"the layout lacks manifest {descriptor['digest']}",
-                place=self.place,
-                hint="the layout is incomplete: pack or pull it again",
-            ) from err
+            raise _lacks(f"manifest {descriptor['digest']}", self.place) from err
         except OSError as err:
             raise RegistryError(f"cannot read {path}: {err.strerror}", place=self.place) from err
         return _manifest(data, descriptor, self.place)
@@ -990,11 +995,7 @@ def push(
         try:
             sizes[digest] = path.stat().st_size
         except FileNotFoundError as err:
-            raise RegistryError(
-                f"the layout lacks blob {digest}",
-                place=local.place,
-                hint="the layout is incomplete: pack or pull it again",
-            ) from err
+            raise _lacks(f"blob {digest}", local.place) from err
         if sizes[digest] != blob["size"]:
             raise RegistryError(
                 f"blob {digest} is {sizes[digest]} bytes, its descriptor says {blob['size']}",

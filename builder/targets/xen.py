@@ -72,74 +72,63 @@ _FRONTENDS = (
 _SEED = KernelOption("CONFIG_ISO9660_FS", "reading the seed")
 
 
+_CDROM = (
+    KernelOption("CONFIG_ATA_PIIX", "the seed's emulated CD-ROM"),
+    KernelOption("CONFIG_BLK_DEV_SR", "the seed's emulated CD-ROM"),
+)
+_PV_CONSOLE = KernelOption("CONFIG_HVC_XEN", "the console hvc0")
+
+
 @dataclass(frozen=True)
 class Kind:
-    """What one of the three Xen targets is made of."""
+    """What one of the three Xen targets is made of: the rest follows from whether
+    it is HVM (emulated firmware and devices) or PV/PVH (paravirtual only)."""
 
     target: Target
-    #: xl's ``type``.
+    #: xl's ``type``: "hvm", "pv" or "pvh".
     xl_type: str
     #: libvirt's ``<os><type>`` and its machine.
     os_type: str
     machine: str
-    #: Where the seed is: an emulated CD-ROM (HVM) or a read-only PV disk.
-    seed_vdev: str
-    seed_cdrom: bool
-    title: str
-    kernel_options: tuple[KernelOption, ...]
+    #: The option the guest kernel boots this kind with.
+    boot_option: KernelOption
 
     @property
     def hvm(self) -> bool:
         return self.xl_type == "hvm"
 
+    @property
+    def title(self) -> str:
+        return self.xl_type.upper()
+
+    @property
+    def seed_cdrom(self) -> bool:
+        """The seed is an emulated CD-ROM (HVM), else a read-only PV disk."""
+        return self.hvm
+
+    @property
+    def seed_vdev(self) -> str:
+        return "hdc" if self.hvm else "xvdb"
+
+    @property
+    def kernel_options(self) -> tuple[KernelOption, ...]:
+        """What the guest kernel needs, in the order the warning names them."""
+        devices = _CDROM if self.hvm else (_PV_CONSOLE,)
+        return (self.boot_option, *_FRONTENDS, *devices, _SEED)
+
+
+#: What each kind boots with.
+_PVHVM = KernelOption("CONFIG_XEN_PVHVM", "PV drivers in an HVM guest")
+_PV = KernelOption("CONFIG_XEN_PV", "booting as a PV guest")
+_PVH = KernelOption("CONFIG_XEN_PVH", "booting as a PVH guest")
 
 KINDS: Mapping[Target, Kind] = {
-    Target.XEN_HVM: Kind(
-        Target.XEN_HVM,
-        xl_type="hvm",
-        os_type="hvm",
-        machine="xenfv",
-        seed_vdev="hdc",
-        seed_cdrom=True,
-        title="HVM",
-        kernel_options=(
-            KernelOption("CONFIG_XEN_PVHVM", "PV drivers in an HVM guest"),
-            *_FRONTENDS,
-            KernelOption("CONFIG_ATA_PIIX", "the seed's emulated CD-ROM"),
-            KernelOption("CONFIG_BLK_DEV_SR", "the seed's emulated CD-ROM"),
-            _SEED,
-        ),
-    ),
-    Target.XEN_PV: Kind(
-        Target.XEN_PV,
-        xl_type="pv",
-        os_type="xen",
-        machine="xenpv",
-        seed_vdev="xvdb",
-        seed_cdrom=False,
-        title="PV",
-        kernel_options=(
-            KernelOption("CONFIG_XEN_PV", "booting as a PV guest"),
-            *_FRONTENDS,
-            KernelOption("CONFIG_HVC_XEN", "the console hvc0"),
-            _SEED,
-        ),
-    ),
-    Target.XEN_PVH: Kind(
-        Target.XEN_PVH,
-        xl_type="pvh",
-        os_type="xenpvh",
-        machine="xenpvh",
-        seed_vdev="xvdb",
-        seed_cdrom=False,
-        title="PVH",
-        kernel_options=(
-            KernelOption("CONFIG_XEN_PVH", "booting as a PVH guest"),
-            *_FRONTENDS,
-            KernelOption("CONFIG_HVC_XEN", "the console hvc0"),
-            _SEED,
-        ),
-    ),
+    kind.target: kind
+    for kind in (
+        Kind(Target.XEN_HVM, xl_type="hvm", os_type="hvm", machine="xenfv", boot_option=_PVHVM),
+        Kind(Target.XEN_PV, xl_type="pv", os_type="xen", machine="xenpv", boot_option=_PV),
+        Kind(Target.XEN_PVH, xl_type="pvh", os_type="xenpvh", machine="xenpvh", boot_option=_PVH),
+    )
 }
 
 
