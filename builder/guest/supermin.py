@@ -6,24 +6,13 @@ vmbuild keeps a path of its own, whose ``supermin.d`` links every file of the
 system's and adds ``zz-vmbuild.tar.gz``, and a cache folder of its own for the built
 appliance, so that the appliance other libguestfs tools boot stays as it was.
 
-The layer holds two things, each left out where the host has nothing to base it on:
-
-- The host's udev rule for persistent storage names without its serial probes: the
-  stock rule runs ``scsi_id`` (a program) for every disk at boot, which under TCG
-  doubled the time udev takes to settle (17 s and 13 s of a launch with 100 drives,
-  against 8 s and 6 s without it). Nothing in the appliance reads a disk's serial:
-  guestfsd names disks from /dev/disk/by-path, which the rule still makes, as it
-  still imports each filesystem's blkid properties that the LVM, MD and btrfs rules
-  act on. Only the /dev/disk/by-id links are gone.
-- ``/usr/sbin/udevadm``, ahead of the real one on the appliance's PATH: a few lines
-  of ``sh`` that answer ``udevadm [--debug] settle -E FILE`` at once when FILE is
-  there, and hand every other command to the real udevadm. guestfsd runs that
-  settle before it opens a device: once per drive as it starts, and at every
-  mount. In those calls the device node is there already (devtmpfs makes it),
-  so udevadm would return at once too, but only after starting up, which costs
-  more under TCG than ``sh`` does. Measured with 60 clones, alternating three times
-  each: a launch took 27.9 s on average with the rule alone and 25.5 s with the
-  shim too, a mount 190 ms and 159 ms (median): about 70 ms per VM of a lab.
+The layer holds the host's udev rule for persistent storage names without its serial
+probes: the stock rule runs ``scsi_id`` (a program) for every disk at boot, which
+under TCG doubled the time udev takes to settle (17 s and 13 s of a launch with 100
+drives, against 8 s and 6 s without it). Nothing in
+the appliance reads a disk's serial: guestfsd names disks from /dev/disk/by-path,
+which the rule still makes, as it still imports each filesystem's blkid properties
+that the LVM, MD and btrfs rules act on. Only the /dev/disk/by-id links are gone.
 
 ``VMBUILD_APPLIANCE=stock`` boots libguestfs's appliance as it is; a
 ``LIBGUESTFS_PATH`` of the user's own is kept too.
@@ -45,22 +34,6 @@ from vmbuild.host.files import user_cache
 RULE_NAME = "60-persistent-storage.rules"
 RULE_DIRS = (Path("/usr/lib/udev/rules.d"), Path("/lib/udev/rules.d"))
 LAYER = "zz-vmbuild.tar.gz"
-#: Where the appliance has udevadm: the host's own files, at the host's paths.
-UDEVADM_DIRS = (Path("/usr/bin"), Path("/bin"))
-#: Where the layer puts its udevadm; the appliance's PATH is /sbin:/usr/sbin:/bin:...
-SHIM = "usr/sbin/udevadm"
-#: A udevadm of the host's own there would be replaced by the shim: no shim then.
-SHADOWED = Path("/") / SHIM
-SHIM_TEXT = """\
-#!/bin/sh
-# vmbuild's udevadm in the libguestfs appliance (see vmbuild/guest/supermin.py):
-# "settle -E FILE" has nothing to wait for once FILE is there.
-case $# in
-3) [ "$1" = settle ] && [ "$2" = -E ] && [ -e "$3" ] && exit 0 ;;
-4) [ "$1" = --debug ] && [ "$2" = settle ] && [ "$3" = -E ] && [ -e "$4" ] && exit 0 ;;
-esac
-exec {real} "$@"
-"""
 #: Rule lines that run a program for a disk's serial number.
 _SERIAL_PROBE = re.compile(r'IMPORT\{program\}="(scsi_id|ata_id)\b')
 
@@ -75,32 +48,19 @@ def quiet_rule(text: str) -> str:
     return "".join(kept)
 
 
-def shim(real: str) -> str:
-    """The layer's udevadm, which hands what it does not answer to ``real``."""
-    return SHIM_TEXT.format(real=real)
-
-
-def layer_bytes(rule: str | None, udevadm: str | None) -> bytes:
-    """The layer (the quietened ``rule`` and the shim for the real ``udevadm``, each
-    where given) as a tar.gz that is the same bytes for the same inputs (no times in
+def layer_bytes(rule: str) -> bytes:
+    """The layer as a tar.gz that is the same bytes for the same rule (no times in
     it), so that an unchanged layer never makes supermin build the appliance again."""
-    files: list[tuple[str, bytes, int]] = []
-    if rule is not None:
-        files.append((f"etc/udev/rules.d/{RULE_NAME}", rule.encode(), 0o644))
-    if udevadm is not None:
-        files.append((SHIM, shim(udevadm).encode(), 0o755))
+    data = rule.encode()
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        folders = sorted({str(parent) for name, _, _ in files for parent in Path(name).parents})
-        for folder in folders:
-            if folder != ".":
-                entry = tarfile.TarInfo(folder)
-                entry.type, entry.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(entry)
-        for name, data, mode in files:
-            entry = tarfile.TarInfo(name)
-            entry.size, entry.mode = len(data), mode
-            tar.addfile(entry, io.BytesIO(data))
+        for folder in ("etc", "etc/udev", "etc/udev/rules.d"):
+            entry = tarfile.TarInfo(folder)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(entry)
+        entry = tarfile.TarInfo(f"etc/udev/rules.d/{RULE_NAME}")
+        entry.size, entry.mode = len(data), 0o644
+        tar.addfile(entry, io.BytesIO(data))
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
@@ -113,34 +73,22 @@ def _host_rule() -> str | None:
     return None
 
 
-def _host_udevadm() -> str | None:
-    """The real udevadm the shim hands over to; None where there is none, or where
-    the shim would take its place."""
-    if SHADOWED.exists():
-        return None
-    for folder in UDEVADM_DIRS:
-        if (folder / "udevadm").is_file():
-            return str(folder / "udevadm")
-    return None
-
-
 def layered_path(system: Path, home: Path | None = None) -> tuple[Path, Path] | None:
     """(path, cache folder) of vmbuild's appliance over the system's supermin path
     ``system``; None where there is nothing to layer (no supermin appliance there, or
-    neither a rule to quieten nor a udevadm to shim), and libguestfs's own appliance
-    is booted.
+    no rule to quieten), and libguestfs's own appliance is booted.
 
     The path is made again, in a new folder renamed over the old, when the system's
     layers or the host's rule change; otherwise it is left as it is, its files' times
     included, since supermin rebuilds whenever an input is newer than its appliance.
     """
     source = system / "supermin.d"
-    rule, udevadm = _host_rule(), _host_udevadm()
-    if (rule is None and udevadm is None) or not source.is_dir():
+    rule = _host_rule()
+    if rule is None or not source.is_dir():
         return None
     home = home or appliance_home()
     wanted = {entry.name: str(entry) for entry in source.iterdir() if entry.name != LAYER}
-    layer = layer_bytes(None if rule is None else quiet_rule(rule), udevadm)
+    layer = layer_bytes(quiet_rule(rule))
     path = home / "path"
     current = path / "supermin.d"
     if not _matches(current, wanted, layer):
