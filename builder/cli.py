@@ -439,7 +439,7 @@ def import_lab(
     domains: Annotated[
         list[str],
         typer.Argument(
-            metavar="DOMAIN.xml",
+            metavar="DOMAIN.xml...",
             help="Each VM's domain XML, as `virsh dumpxml NAME` writes it (- reads one "
             "from standard input).",
             show_default=False,

@@ -410,7 +410,7 @@ def test_a_bad_name_is_refused(run_cli: RunCli) -> None:
 def test_import_help(run_cli: RunCli) -> None:
     result = run_cli("import", "--help")
     assert result.code == 0
-    assert result.out.startswith("Usage: vmbuild import [OPTIONS] {DOMAIN.xml}...")
+    assert result.out.startswith("Usage: vmbuild import [OPTIONS] {DOMAIN.xml...}\n")
     for text in ("--output", "--inspect", "--name", "--force", "virsh dumpxml", "TODO"):
         assert text in result.out
 
